@@ -257,6 +257,34 @@ def as_sequences(images):
     return images.astype(np.float32) / MAX_PIXEL
 
 
+def shift_randomly(images, max_shift):
+    """Move each image by up to `max_shift` pixels up/down and left/right, at random.
+
+    A digit written a little higher or further left is the same digit; showing the
+    network such copies is what lifts a 128-unit LSTM past 99% on the test set.
+    Works on a batch [N, rows, cols] inside the tf.data pipeline: pad with zeros,
+    then take each image's own 28x28 window with a gather.
+    """
+    n = tf.shape(images)[0]
+    rows, cols = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift]])
+    offsets = tf.random.uniform([2, n], 0, 2 * max_shift + 1, dtype=tf.int32)
+    row_index = offsets[0][:, None] + tf.range(rows)[None, :]
+    col_index = offsets[1][:, None] + tf.range(cols)[None, :]
+    window = tf.gather(padded, row_index, axis=1, batch_dims=1)
+    return tf.gather(window, col_index, axis=2, batch_dims=1)
+
+
+def training_batches(x, y, batch_size, max_shift=0, seed=None):
+    """Shuffled batches, reshuffled every epoch, randomly shifted when `max_shift` > 0."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if max_shift:
+        dataset = dataset.map(lambda images, labels: (shift_randomly(images, max_shift), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def split_validation(x, y, size):
     """Hold out the last `size` training examples for validation."""
     if size == 0:
@@ -357,7 +385,8 @@ def learning_rate_now(model):
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def train(model, train_data, val_data, epochs, batch_size, run_dir, quiet=False):
+def train(model, train_data, val_data, epochs, batch_size, run_dir, max_shift=0, seed=None,
+          quiet=False):
     """Fit with progress bars, TensorBoard logs and the best model kept as model.keras."""
     (x, y), (x_val, y_val) = train_data, val_data
     steps = -(-len(x) // batch_size)
@@ -370,7 +399,8 @@ def train(model, train_data, val_data, epochs, batch_size, run_dir, quiet=False)
         keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy" if has_val else "accuracy",
                                         mode="max", save_best_only=True),
     ]
-    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+    history = model.fit(training_batches(x, y, batch_size, max_shift, seed), epochs=epochs,
+                        shuffle=False,  # the dataset shuffles itself, seeded
                         validation_data=(x_val, y_val) if has_val else None,
                         callbacks=callbacks, verbose=0)
     return history.history, progress.train_seconds, model_path
@@ -383,6 +413,15 @@ def evaluate(model, x, y, batch_size=1000):
 
 # ----------------------------------------------------------------------------
 # Command line
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except where there is none to show (None, or a switch that is off)."""
+
+    def _get_help_string(self, action):  # the one hook argparse offers for this
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
@@ -433,7 +472,7 @@ def build_parser():
     parser = Parser(prog="rnn_mnist.py",
                     description="Train an LSTM that reads MNIST digits row by row, "
                                 "then test it on the 10,000 test images.",
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="PATH",
                       help="a local mnist.npz (keys x_train, y_train, x_test, y_test) or a folder "
@@ -444,22 +483,29 @@ def build_parser():
     data.add_argument("--validation-size", type=non_negative_int, default=5000, metavar="N",
                       help="hold out the last N training images to pick the best epoch "
                            "(0: keep the last epoch)")
+    data.add_argument("--shift", type=non_negative_int, default=2, metavar="PIXELS",
+                      help="move each training image by up to this many pixels, at random, "
+                           "every epoch (0: no augmentation)")
     data.add_argument("--max-train-samples", type=positive_int, metavar="N",
                       help="use only the first N training images (validation included), "
                            "for quick trials")
     model = parser.add_argument_group("model")
     model.add_argument("--cell", choices=sorted(RECURRENT_LAYERS), default="lstm",
                        help="recurrent cell: lstm, or gru (fewer gates, slightly faster)")
-    model.add_argument("--units", type=positive_int, default=128, help="units per recurrent layer")
-    model.add_argument("--layers", type=positive_int, default=1, help="stacked recurrent layers")
+    model.add_argument("--units", type=positive_int, default=128, metavar="N",
+                       help="units per recurrent layer")
+    model.add_argument("--layers", type=positive_int, default=1, metavar="N",
+                       help="stacked recurrent layers")
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
-    training.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
-    training.add_argument("--learning-rate", type=positive_float, default=2e-3,
+    training.add_argument("--epochs", type=positive_int, default=20, metavar="N",
+                          help="passes over the training set")
+    training.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
+                          help="images per step")
+    training.add_argument("--learning-rate", type=positive_float, default=2e-3, metavar="RATE",
                           help="Adam's starting learning rate")
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                           help="cosine: decay the rate to zero over the run; constant: keep it")
-    training.add_argument("--seed", type=int, default=1, help="seed for weights and shuffling")
+    training.add_argument("--seed", type=non_negative_int, default=1, metavar="N", help="seed for weights and shuffling")
     output = parser.add_argument_group("output")
     output.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
                         help="folder that holds one sub-folder per run")
@@ -502,6 +548,9 @@ def write_json(path, obj):
 
 
 def check_sizes(n_train_images, args):
+    if args.shift >= TIMESTEPS // 2:
+        raise UsageError(f"--shift {args.shift} would move digits out of the frame; "
+                         f"choose 0 to {TIMESTEPS // 2 - 1} pixels")
     if args.validation_size >= n_train_images:
         raise UsageError(f"--validation-size {args.validation_size} leaves no training images "
                          f"out of {n_train_images}; choose a smaller one")
@@ -553,7 +602,8 @@ def run(args):
 
     started = time.perf_counter()
     history, epoch_seconds, model_path = train(model, train_data, val_data, args.epochs,
-                                               args.batch_size, run_dir, quiet=args.quiet)
+                                               args.batch_size, run_dir, args.shift, args.seed,
+                                               quiet=args.quiet)
     train_seconds = time.perf_counter() - started
 
     best = keras.models.load_model(model_path)  # the best epoch by validation accuracy

@@ -1,0 +1,158 @@
+"""The command line: a whole run on tiny data, what it records, and how it answers mistakes."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnn_mnist
+from conftest import REPO
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--validation-size", "40", "--units", "8", "--quiet"]
+
+
+def tensorboard_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(folder)
+    events.Reload()
+    return set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+
+
+def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
+    logdir = tmp_path / "logs"
+    metrics = rnn_mnist.main(["--data", tiny_npz, "--logdir", str(logdir), "--run-name", "r1", *TINY])
+    run = logdir / "r1"
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.json", "model.keras", "train", "validation"]
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["cell"] == "lstm" and config["units"] == 8
+    assert config["train_images"] == 200 and config["validation_images"] == 40
+
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("test_accuracy", "test_loss", "epochs", "train_seconds", "samples_per_second"):
+        assert key in saved
+    assert saved["epochs"] == 2 and saved["test_images"] == 60
+    assert 0.0 <= saved["test_accuracy"] <= 1.0 and saved["samples_per_second"] > 0
+
+    # the saved model is the one that was tested
+    import keras
+    model = keras.models.load_model(run / "model.keras")
+    x_test, y_test = (np.load(tiny_npz)[k] for k in ("x_test", "y_test"))
+    predicted = np.asarray(model(rnn_mnist.as_sequences(x_test))).argmax(axis=1)
+    assert np.mean(predicted == y_test) == pytest.approx(saved["test_accuracy"], abs=1e-6)
+
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tensorboard_tags(str(run / "train"))
+    assert {"epoch_loss", "epoch_accuracy"} <= tensorboard_tags(str(run / "validation"))
+
+
+def test_gru_and_stacked_layers_train(tmp_path, tiny_npz):
+    metrics = rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "g",
+                              "--cell", "gru", "--layers", "2", *TINY])
+    assert metrics["epochs"] == 2
+    config = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert config["cell"] == "gru" and config["layers"] == 2
+
+
+def test_an_earlier_run_is_never_overwritten(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "kept"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"an earlier model")
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "kept", *TINY])
+    assert exit_.value.code == 2
+    assert "already holds a run; choose another --run-name" in capsys.readouterr().err
+    assert os.listdir(run) == ["model.keras"]
+    assert (run / "model.keras").read_bytes() == b"an earlier model"
+
+
+BAD_SETTINGS = [
+    (["--epochs", "0"], "--epochs: 0 must be 1 or more"),
+    (["--epochs", "-3"], "--epochs: -3 must be 1 or more"),
+    (["--epochs", "ten"], "--epochs: 'ten' is not a whole number"),
+    (["--batch-size", "0"], "--batch-size: 0 must be 1 or more"),
+    (["--units", "-1"], "--units: -1 must be 1 or more"),
+    (["--layers", "x"], "--layers: 'x' is not a whole number"),
+    (["--learning-rate", "0"], "--learning-rate: 0 must be a positive number"),
+    (["--learning-rate", "nan"], "--learning-rate: nan must be a positive number"),
+    (["--learning-rate", "fast"], "--learning-rate: 'fast' is not a number"),
+    (["--cell", "rnn"], "--cell: invalid choice: 'rnn'"),
+    (["--run-name", "../escape"], "--run-name: '../escape' must be a plain folder name"),
+    (["--run-name", ".."], "--run-name: '..' must be a plain folder name"),
+    (["--validation-size", "240"], "--validation-size 240 leaves no training images"),
+    (["--batch-size", "500"], "--batch-size 500 is larger than the 200 training images"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_bad_settings_get_one_line_and_exit_2(tmp_path, tiny_npz, capsys, argv, message):
+    base = ["--data", tiny_npz, "--logdir", str(tmp_path / "logs"), "--validation-size", "40"]
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(base + argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "logs").exists() or os.listdir(tmp_path / "logs") == []
+
+
+def test_a_log_folder_that_cannot_be_made(tmp_path, tiny_npz, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(blocker / "logs"), *TINY])
+    assert exit_.value.code == 2
+    assert "give --logdir a folder you can write to" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def run_script(*argv, cwd):
+    return subprocess.run([sys.executable, os.path.join(REPO, "rnn_mnist.py"), *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_console_shows_one_line_for_a_mistake_and_no_tensorflow_chatter(tmp_path, tiny_npz):
+    bad = run_script("--data", str(tmp_path / "missing.npz"), cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        f"rnn_mnist.py: error: --data {tmp_path / 'missing.npz'} does not exist; give the path "
+        "of a mnist.npz or of a folder holding the four IDX files"]
+    assert bad.stdout == ""
+
+    good = run_script("--data", tiny_npz, *TINY[:-1], "--run-name", "quiet", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    for chatter in ("oneDNN", "absl", "I0000", "WARNING", "Traceback"):
+        assert chatter not in good.stderr + good.stdout
+    assert "test accuracy" in good.stdout
+    assert f"tensorboard --logdir {rnn_mnist.DEFAULT_LOGDIR}" in good.stdout
+    assert (tmp_path / "Visualize" / "quiet" / "model.keras").is_file()
+
+
+def help_options():
+    """{flag: default or None} as `--help` shows them, on a screen wide enough not to wrap."""
+    text = rnn_mnist.build_parser().format_help()
+    options = {}
+    for block in re.split(r"\n(?=  -)", text):
+        flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", block.split("\n")[0])
+        if flags:
+            default = re.search(r"\(default: (.*?)\)", " ".join(block.split()))
+            options[flags[0]] = default.group(1) if default else None
+    return options
+
+
+def readme_options():
+    """{flag: default} from the README's flag table."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", readme, flags=re.M)
+    return {flag: default.strip().strip("`") for flag, default in rows}
+
+
+def test_readme_flag_table_matches_help(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    in_help, in_readme = help_options(), readme_options()
+    assert set(in_readme) == set(in_help) - {"--help"}
+    for flag, default in in_help.items():
+        if default not in (None, "None", "False"):
+            assert in_readme[flag] == default, flag

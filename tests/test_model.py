@@ -1,0 +1,49 @@
+"""The network: its output, and that training lowers the loss."""
+import numpy as np
+import pytest
+
+import rnn_mnist
+from conftest import synthetic_mnist
+
+
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
+def test_output_is_a_probability_per_class(cell, layers):
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell,
+                                 units=16, layers=layers)
+    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=5, n_test=1)["x_train"])
+    p = np.asarray(model(x))
+    assert p.shape == (5, rnn_mnist.NUM_CLASSES)
+    assert (p >= 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    recurrent = [layer for layer in model.layers if layer.name.startswith(cell)]
+    assert len(recurrent) == layers
+
+
+def test_the_model_reads_the_rows_in_order():
+    """The prediction depends on the order of the rows, so rows really are timesteps."""
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=16)
+    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
+    assert not np.allclose(np.asarray(model(x)), np.asarray(model(x[:, ::-1])))
+
+
+def test_one_training_step_lowers_the_loss():
+    import keras
+    keras.utils.set_random_seed(0)
+    data = synthetic_mnist(n_train=64, n_test=1)
+    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    model = rnn_mnist.make_model(x.shape[1:], units=16)
+    rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
+    before = model.evaluate(x, y, verbose=0)[0]
+    model.train_on_batch(x, y)
+    after = model.evaluate(x, y, verbose=0)[0]
+    assert after < before
+
+
+def test_cosine_schedule_decays_to_zero():
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=4)
+    rnn_mnist.compile_model(model, learning_rate=2e-3, total_steps=100)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    for step, rate in [(0, 2e-3), (50, 1e-3), (100, 0.0)]:
+        optimizer.iterations.assign(step)
+        assert rnn_mnist.learning_rate_now(model) == pytest.approx(rate, rel=1e-3, abs=1e-9)
