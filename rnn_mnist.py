@@ -510,8 +510,8 @@ def build_parser():
     output.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
                         help="folder that holds one sub-folder per run")
     output.add_argument("--run-name", type=run_name, metavar="NAME",
-                        help="this run's folder in --logdir (default: the start time, "
-                             "YYYYmmdd-HHMMSS)")
+                        help="this run's folder in --logdir; without it, the start time "
+                             "(YYYYmmdd-HHMMSS)")
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     output.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's start-up and runtime log messages")
