@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -82,6 +83,7 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 DEFAULT_LOGDIR = "Visualize"
+MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
 EXIT_USAGE = 2
 
 
@@ -257,32 +259,46 @@ def as_sequences(images):
     return images.astype(np.float32) / MAX_PIXEL
 
 
-def shift_randomly(images, max_shift):
+def shift_randomly(images, max_shift, seed):
     """Move each image by up to `max_shift` pixels up/down and left/right, at random.
 
     A digit written a little higher or further left is the same digit; showing the
     network such copies is what lifts a 128-unit LSTM past 99% on the test set.
-    Works on a batch [N, rows, cols] inside the tf.data pipeline: pad with zeros,
-    then take each image's own 28x28 window with a gather.
+    Works on a batch [N, rows, cols]: pad with zeros, then take each image's own
+    window with a gather. `seed` (two integers) fixes the shifts, so a resumed run
+    sees exactly the batches the interrupted one would have seen.
     """
     n = tf.shape(images)[0]
     rows, cols = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift]])
-    offsets = tf.random.uniform([2, n], 0, 2 * max_shift + 1, dtype=tf.int32)
+    offsets = tf.random.stateless_uniform([2, n], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
     row_index = offsets[0][:, None] + tf.range(rows)[None, :]
     col_index = offsets[1][:, None] + tf.range(cols)[None, :]
     window = tf.gather(padded, row_index, axis=1, batch_dims=1)
     return tf.gather(window, col_index, axis=2, batch_dims=1)
 
 
-def training_batches(x, y, batch_size, max_shift=0, seed=None):
-    """Shuffled batches, reshuffled every epoch, randomly shifted when `max_shift` > 0."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if max_shift:
-        dataset = dataset.map(lambda images, labels: (shift_randomly(images, max_shift), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+def epoch_batches(x, y, batch_size, seed, epoch, max_shift=0, first_step=0):
+    """The batches of one epoch, from `first_step` on: shuffled, and shifted if asked.
+
+    The order and the shifts depend only on (seed, epoch, step), not on what ran
+    before, so a run resumed from a checkpoint mid-epoch continues with the very
+    batches it would have had.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(len(x))
+    steps = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).skip(first_step)
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def make_batch(step, index):
+        batch = tf.gather(images, index)
+        if max_shift:
+            batch = shift_randomly(batch, max_shift, tf.stack([tf.cast(seed, tf.int64),
+                                                               epoch * 1_000_000 + step]))
+        return batch, tf.gather(labels, index)
+
+    return (steps.enumerate(first_step)
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def split_validation(x, y, size):
@@ -323,92 +339,212 @@ def compile_model(model, learning_rate, total_steps, schedule="cosine"):
 # Training and evaluation
 
 
-class Progress(keras.callbacks.Callback):
-    """Two tqdm bars (epochs, and batches of this epoch) and one fixed-format line per epoch.
+def evaluate(model, x, y, batch_size=1000):
+    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    return {"loss": float(loss), "accuracy": float(accuracy)}
 
-    It also clocks the training part of each epoch, validation excluded, for the
-    throughput figure: Keras's history records no times.
+
+class TrainingState(tf.Module):
+    """Everything a resumed run needs besides the data: the model, the optimizer, where
+    training stands, and the best validation accuracy so far. Saved as one
+    tf.train.Checkpoint, which writes atomically."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.optimizer = model.optimizer
+        self.epoch = tf.Variable(0, dtype=tf.int64)  # epochs finished
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64)  # batches done in the current one
+        self.epoch_sums = tf.Variable(tf.zeros(3, tf.float64))  # loss, correct, images so far
+        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64)
+        self.best_epoch = tf.Variable(0, dtype=tf.int64)
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64)
+        self.history = tf.Variable("[]")  # JSON list of the finished epochs' records
+
+
+def checkpoint_manager(state, run_dir):
+    return tf.train.CheckpointManager(tf.train.Checkpoint(state=state),
+                                      os.path.join(run_dir, "checkpoints"), max_to_keep=3)
+
+
+def history_of(state):
+    return json.loads(state.history.numpy().decode())
+
+
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a request the loop honours after the current batch,
+    so the checkpoint it then writes is consistent. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after saving a checkpoint."""
+
+
+class Diverged(Exception):
+    """The loss stopped being a finite number."""
+
+
+class SummaryBuffer:
+    """TensorBoard scalars held until the next checkpoint, then written and flushed.
+
+    So the event files never run ahead of the checkpoint: a run killed between two
+    checkpoints and resumed writes each step once, with no duplicated or rewound
+    points on TensorBoard's step axis.
     """
 
-    def __init__(self, epochs, steps_per_epoch, samples_per_epoch, disable=False):
-        super().__init__()
-        self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.samples_per_epoch = samples_per_epoch
-        self.disable = disable
-        self.train_seconds = []
+    def __init__(self, run_dir):
+        self.writers = {name: tf.summary.create_file_writer(os.path.join(run_dir, name))
+                        for name in ("train", "validation")}
+        self.pending = []
 
-    def on_train_begin(self, logs=None):
-        self.epoch_bar = tqdm(total=self.epochs, desc="training", unit="epoch",
-                              dynamic_ncols=True, disable=self.disable)
+    def add(self, writer, tag, value, step):
+        self.pending.append((writer, tag, float(value), int(step)))
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-        self.training_done = None
-        self.batch_bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
-                              unit="batch", leave=False, dynamic_ncols=True, disable=self.disable)
+    def flush(self):
+        for writer, tag, value, step in self.pending:
+            with self.writers[writer].as_default():
+                tf.summary.scalar(tag, value, step=step)
+        for writer in self.writers.values():
+            writer.flush()
+        self.pending = []
 
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        self.batch_bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}",
-                                   acc=f"{logs.get('accuracy', float('nan')):.2%}", refresh=False)
-        self.batch_bar.update(1)
-
-    def on_test_begin(self, logs=None):
-        if self.training_done is None:  # validation starts: the epoch's training is over
-            self.training_done = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        done = self.training_done or time.perf_counter()
-        self.train_seconds.append(done - self.started)
-        self.batch_bar.close()
-        line = (f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}"
-                f"  loss {logs.get('loss', float('nan')):.4f}"
-                f"  acc {logs.get('accuracy', float('nan')):7.2%}")
-        if "val_accuracy" in logs:
-            line += (f"  | val loss {logs['val_loss']:.4f}"
-                     f"  val acc {logs['val_accuracy']:7.2%}")
-        line += (f"  | lr {learning_rate_now(self.model):.2e}"
-                 f"  {self.samples_per_epoch / self.train_seconds[-1]:,.0f} samples/s")
-        if not self.disable:
-            self.epoch_bar.write(line)
-        self.epoch_bar.set_postfix(val_acc=f"{logs.get('val_accuracy', float('nan')):.2%}",
-                                   refresh=False)
-        self.epoch_bar.update(1)
-
-    def on_train_end(self, logs=None):
-        self.epoch_bar.close()
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()
 
 
 def learning_rate_now(model):
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def train(model, train_data, val_data, epochs, batch_size, run_dir, max_shift=0, seed=None,
-          quiet=False):
-    """Fit with progress bars, TensorBoard logs and the best model kept as model.keras."""
+def save_model_atomically(model, path):
+    partial = path[:-len(".keras")] + ".partial.keras"  # Keras insists on the extension
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def train(state, train_data, val_data, settings, run_dir, quiet=False):
+    """Train from wherever `state` stands to `settings.epochs`, checkpointing as it goes.
+
+    Written as a loop over `train_on_batch` rather than `model.fit`, because fit
+    cannot start in the middle of an epoch, checkpoint every N steps, or stop
+    cleanly on a signal between two batches.
+    """
+    model = state.model
     (x, y), (x_val, y_val) = train_data, val_data
-    steps = -(-len(x) // batch_size)
-    progress = Progress(epochs, steps, len(x), disable=quiet)
-    model_path = os.path.join(run_dir, "model.keras")
-    has_val = len(x_val) > 0
-    callbacks = [
-        progress,
-        keras.callbacks.TensorBoard(log_dir=run_dir, write_graph=False),
-        keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy" if has_val else "accuracy",
-                                        mode="max", save_best_only=True),
-    ]
-    history = model.fit(training_batches(x, y, batch_size, max_shift, seed), epochs=epochs,
-                        shuffle=False,  # the dataset shuffles itself, seeded
-                        validation_data=(x_val, y_val) if has_val else None,
-                        callbacks=callbacks, verbose=0)
-    return history.history, progress.train_seconds, model_path
+    steps_per_epoch = -(-len(x) // settings.batch_size)
+    manager = checkpoint_manager(state, run_dir)
+    summaries = SummaryBuffer(run_dir)
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    global_step = int(state.optimizer.iterations.numpy())
+
+    def checkpoint():
+        manager.save(checkpoint_number=global_step)
+        summaries.flush()
+
+    epochs_bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
+                      unit="epoch", dynamic_ncols=True, disable=quiet)
+    try:
+        with StopRequest() as stop:
+            for epoch in range(int(state.epoch.numpy()), settings.epochs):
+                first_step = int(state.step_in_epoch.numpy())
+                loss_sum, correct, seen = state.epoch_sums.numpy()
+                batches_bar = tqdm(total=steps_per_epoch, initial=first_step,
+                                   desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                                   dynamic_ncols=True, disable=quiet)
+                epoch_started = mark = time.perf_counter()
+                seen_here = 0
+
+                def clock():  # add the time since the last mark to the run's training time
+                    nonlocal mark
+                    now = time.perf_counter()
+                    state.train_seconds.assign_add(now - mark)
+                    mark = now
+
+                batches = epoch_batches(x, y, settings.batch_size, settings.seed, epoch,
+                                        settings.shift, first_step)
+                for step, (images, labels) in enumerate(batches, start=first_step):
+                    logs = model.train_on_batch(images, labels, return_dict=True)
+                    if not np.isfinite(logs["loss"]):
+                        raise Diverged(f"the loss became {logs['loss']} at epoch {epoch + 1}, "
+                                       f"step {step + 1}")
+                    n = len(labels)
+                    loss_sum, correct, seen = (loss_sum + logs["loss"] * n,
+                                               correct + logs["accuracy"] * n, seen + n)
+                    seen_here += n
+                    global_step += 1
+                    state.step_in_epoch.assign(step + 1)
+                    state.epoch_sums.assign([loss_sum, correct, seen])
+                    batches_bar.set_postfix(ordered_dict={"loss": f"{loss_sum / seen:.4f}",
+                                                          "acc": f"{correct / seen:.2%}"},
+                                            refresh=False)
+                    batches_bar.update(1)
+                    if global_step % settings.log_every == 0:
+                        summaries.add("train", "batch_loss", logs["loss"], global_step)
+                        summaries.add("train", "batch_accuracy", logs["accuracy"], global_step)
+                    if stop.signal is not None:
+                        clock()
+                        checkpoint()
+                        raise Interrupted(stop.signal)
+                    if global_step % settings.checkpoint_every == 0:
+                        clock()
+                        checkpoint()
+                clock()
+                batches_bar.close()
+                record = {"loss": loss_sum / seen, "accuracy": correct / seen,
+                          "learning_rate": learning_rate_now(model),
+                          "samples_per_second": seen_here / (mark - epoch_started)}
+                if len(x_val):
+                    record.update({f"val_{k}": v for k, v in evaluate(model, x_val, y_val).items()})
+                monitored = record.get("val_accuracy", record["accuracy"])
+                if monitored > state.best_val_accuracy.numpy():
+                    state.best_val_accuracy.assign(monitored)
+                    state.best_epoch.assign(epoch + 1)
+                    save_model_atomically(model, model_path)
+                for key in ("loss", "accuracy", "learning_rate", "samples_per_second"):
+                    summaries.add("train", f"epoch_{key}", record[key], epoch + 1)
+                for key in ("loss", "accuracy"):
+                    if f"val_{key}" in record:
+                        summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch + 1)
+                state.history.assign(json.dumps(history_of(state) + [record]))
+                state.epoch.assign(epoch + 1)
+                state.step_in_epoch.assign(0)
+                state.epoch_sums.assign([0.0, 0.0, 0.0])
+                checkpoint()
+                if not quiet:
+                    epochs_bar.write(epoch_line(epoch + 1, settings.epochs, record))
+                epochs_bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
+                epochs_bar.update(1)
+    finally:
+        epochs_bar.close()
+        summaries.close()
+    return history_of(state)
 
 
-def evaluate(model, x, y, batch_size=1000):
-    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+def epoch_line(epoch, epochs, record):
+    """One fixed-format line per finished epoch."""
+    line = (f"epoch {epoch:>{len(str(epochs))}}/{epochs}"
+            f"  loss {record['loss']:.4f}  acc {record['accuracy']:7.2%}")
+    if "val_accuracy" in record:
+        line += f"  | val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:7.2%}"
+    return line + (f"  | lr {record['learning_rate']:.2e}"
+                   f"  {record['samples_per_second']:,.0f} samples/s")
 
 
 # ----------------------------------------------------------------------------
@@ -468,6 +604,13 @@ def run_name(text):
     return text
 
 
+LATEST_RUN = ""  # what --resume means without a name
+
+
+def run_to_resume(text):
+    return text if text == LATEST_RUN else run_name(text)
+
+
 def build_parser():
     parser = Parser(prog="rnn_mnist.py",
                     description="Train an LSTM that reads MNIST digits row by row, "
@@ -506,12 +649,23 @@ def build_parser():
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                           help="cosine: decay the rate to zero over the run; constant: keep it")
     training.add_argument("--seed", type=non_negative_int, default=1, metavar="N", help="seed for weights and shuffling")
+    training.add_argument("--deterministic", action="store_true",
+                          help="make every operation deterministic (a little slower): the same "
+                               "seed and settings give the same weights, resumed or not")
     output = parser.add_argument_group("output")
     output.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
                         help="folder that holds one sub-folder per run")
     output.add_argument("--run-name", type=run_name, metavar="NAME",
                         help="this run's folder in --logdir; without it, the start time "
                              "(YYYYmmdd-HHMMSS)")
+    output.add_argument("--resume", nargs="?", const=LATEST_RUN, type=run_to_resume, metavar="RUN",
+                        help="continue the run RUN in --logdir (without RUN: the run with the "
+                             "newest checkpoint) from its last checkpoint; only --epochs and the "
+                             "output flags may change")
+    output.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="STEPS",
+                        help="save a checkpoint every STEPS batches, besides every epoch")
+    output.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
+                        help="log the training loss and accuracy to TensorBoard every STEPS batches")
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     output.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's start-up and runtime log messages")
@@ -569,71 +723,182 @@ def print_summary(metrics, run_dir, logdir):
     print(f"view it with: tensorboard --logdir {logdir}")
 
 
-def run(args):
-    """Load, train, test and record one run; return its metrics."""
+# Settings a resumed run may change (when given); any other must match its config.json.
+RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "logdir", "resume"}
+SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
+MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
+
+
+def latest_run(logdir):
+    """The run in `logdir` whose checkpoint was written last, or None."""
+    runs = []
+    for name in os.listdir(logdir) if os.path.isdir(logdir) else []:
+        index = os.path.join(logdir, name, "checkpoints", "checkpoint")
+        if os.path.isfile(index):
+            runs.append((os.path.getmtime(index), name))
+    return max(runs)[1] if runs else None
+
+
+def resumed_settings(args, given):
+    """The settings of the run to resume, with what may change taken from this command."""
+    name = args.resume or latest_run(args.logdir)
+    if name is None:
+        raise UsageError(f"no run with a checkpoint in {args.logdir}; start one without --resume, "
+                         "or point --logdir at the folder that holds it")
+    run_dir = os.path.join(args.logdir, name)
+    if not os.path.isfile(os.path.join(run_dir, "checkpoints", "checkpoint")):
+        raise UsageError(f"{run_dir} holds no checkpoint to resume from; start a new run instead")
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {run_dir}/config.json ({e}); the run cannot be resumed") from None
+    if "run_name" in given:
+        raise UsageError("give the run to resume as --resume NAME, not with --run-name")
+    for key in sorted(set(given) - RESUMABLE_SETTINGS - SESSION_SETTINGS):
+        if given[key] != config.get(key):
+            flag = "--" + key.replace("_", "-")
+            if key in MODEL_SHAPE_SETTINGS:
+                raise UsageError(f"{flag} {given[key]} would change the model of run {name} "
+                                 f"({config.get(key)}); start a new run to change it")
+            raise UsageError(f"{flag} cannot change when resuming (run {name} used "
+                             f"{config.get(key)}); start a new run to change it")
+    settings = argparse.Namespace(**{key: config.get(key, value) for key, value in vars(args).items()})
+    for key in (RESUMABLE_SETTINGS & set(given)) | SESSION_SETTINGS:
+        setattr(settings, key, getattr(args, key))
+    settings.run_name = name
+    return settings, run_dir, config
+
+
+def restore(state, run_dir):
+    """Load the latest checkpoint into `state`; refuse one that does not fit the model."""
+    manager = checkpoint_manager(state, run_dir)
+    state.optimizer.build(state.model.trainable_variables)  # so its slots exist to restore into
+    try:
+        tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        reason = str(e).strip().splitlines()[0][:160]
+        raise UsageError(f"the checkpoint in {run_dir} does not fit the model its config.json "
+                         f"describes ({reason}); start a new run instead") from None
+
+
+def print_summary(metrics, run_dir, logdir):
+    print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
+          f"{metrics['test_images']:,} images)")
+    print(f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
+          f"({metrics['samples_per_second']:,.0f} samples/s); best epoch {metrics['best_epoch']}")
+    print(f"run saved in {run_dir}  ({MODEL_FILE}, config.json, metrics.json, TensorBoard logs)")
+    print(f"view it with: tensorboard --logdir {logdir}")
+
+
+def resume_command(settings):
+    logdir = "" if settings.logdir == DEFAULT_LOGDIR else f" --logdir {settings.logdir}"
+    return f"python rnn_mnist.py --resume {settings.run_name}{logdir}"
+
+
+def run(args, given):
+    """Load, train, test and record one run (or continue one); return its metrics."""
     if args.verbose:
         sys.stderr.write(TENSORFLOW_STARTUP_LOG)
     else:
         tf.get_logger().setLevel("ERROR")
-    name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.join(args.logdir, name)
-    refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
+    if args.resume is not None:
+        settings, run_dir, config = resumed_settings(args, given)
+    else:
+        settings = argparse.Namespace(**vars(args))
+        settings.run_name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = os.path.join(args.logdir, settings.run_name)
+        refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
 
-    x_train, y_train, x_test, y_test = load_mnist(args.data, url=args.download_url)
-    if args.max_train_samples:
-        x_train, y_train = x_train[:args.max_train_samples], y_train[:args.max_train_samples]
-    check_sizes(len(x_train), args)
-    prepare_run_dir(run_dir)
+    x_train, y_train, x_test, y_test = load_mnist(settings.data, url=settings.download_url)
+    if settings.max_train_samples:
+        x_train, y_train = x_train[:settings.max_train_samples], y_train[:settings.max_train_samples]
+    check_sizes(len(x_train), settings)
+    if args.resume is None:
+        prepare_run_dir(run_dir)
 
-    keras.utils.set_random_seed(args.seed)
-    train_data, val_data = split_validation(as_sequences(x_train), y_train, args.validation_size)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(settings.seed)
+    train_data, val_data = split_validation(as_sequences(x_train), y_train, settings.validation_size)
     x_test = as_sequences(x_test)
-    steps = -(-len(train_data[0]) // args.batch_size)
-    model = make_model(x_test.shape[1:], NUM_CLASSES, args.cell, args.units, args.layers)
-    compile_model(model, args.learning_rate, steps * args.epochs, args.lr_schedule)
+    steps = -(-len(train_data[0]) // settings.batch_size)
+    model = make_model(x_test.shape[1:], NUM_CLASSES, settings.cell, settings.units, settings.layers)
+    compile_model(model, settings.learning_rate, steps * settings.epochs, settings.lr_schedule)
+    state = TrainingState(model)
+    if args.resume is not None:
+        restore(state, run_dir)
+        if int(state.epoch.numpy()) >= settings.epochs:
+            raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
+                             "epochs; give --epochs a larger number to train it further")
 
-    config = dict(vars(args), run_name=name, run_dir=run_dir,
-                  data_source=args.data or args.download_url,
+    config = dict(vars(settings), run_dir=run_dir, data_source=settings.data or settings.download_url,
                   train_images=len(train_data[0]), validation_images=len(val_data[0]),
                   test_images=len(x_test), parameters=model.count_params(),
                   tensorflow=tf.__version__, keras=keras.__version__,
                   python=platform.python_version(), machine=platform.machine())
+    config.pop("resume")
     write_json(os.path.join(run_dir, "config.json"), config)
 
-    started = time.perf_counter()
-    history, epoch_seconds, model_path = train(model, train_data, val_data, args.epochs,
-                                               args.batch_size, run_dir, args.shift, args.seed,
-                                               quiet=args.quiet)
-    train_seconds = time.perf_counter() - started
+    try:
+        history = train(state, train_data, val_data, settings, run_dir, quiet=settings.quiet)
+    except Interrupted as stop:
+        signum = stop.args[0]
+        print(f"\n{signal.Signals(signum).name} received: stopped at epoch "
+              f"{int(state.epoch.numpy()) + 1}, step {int(state.step_in_epoch.numpy())}, "
+              f"with a checkpoint saved in {run_dir}.\nresume with: {resume_command(settings)}",
+              file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except Diverged as e:
+        checkpoints = os.path.join(run_dir, "checkpoints")
+        kept = [what for what, there in [("checkpoint", tf.train.latest_checkpoint(checkpoints)),
+                                         (MODEL_FILE, os.path.exists(os.path.join(run_dir, MODEL_FILE)))]
+                if there]
+        print(f"rnn_mnist.py: error: {e}; training stopped"
+              + (f", keeping the last good {' and '.join(kept)} in {run_dir}" if kept else "")
+              + "; try a smaller --learning-rate", file=sys.stderr)
+        raise SystemExit(1) from None
 
-    best = keras.models.load_model(model_path)  # the best epoch by validation accuracy
+    best = keras.models.load_model(os.path.join(run_dir, MODEL_FILE))  # the best epoch
     test = evaluate(best, x_test, y_test)
-    monitored = history.get("val_accuracy") or history["accuracy"]
     metrics = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "test_images": len(x_test),
-        "epochs": len(history["loss"]),
-        "best_epoch": int(np.argmax(monitored)) + 1,
-        "best_val_accuracy": float(max(history["val_accuracy"])) if "val_accuracy" in history else None,
-        "train_seconds": train_seconds,
-        "samples_per_second": len(train_data[0]) * len(epoch_seconds) / sum(epoch_seconds),
-        "history": {key: [float(v) for v in values] for key, values in history.items()},
+        "epochs": len(history),
+        "best_epoch": int(state.best_epoch.numpy()),
+        "best_val_accuracy": float(state.best_val_accuracy.numpy()) if len(val_data[0]) else None,
+        "train_seconds": float(state.train_seconds.numpy()),
+        "samples_per_second": float(np.mean([r["samples_per_second"] for r in history])),
+        "history": history,
     }
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    if not args.quiet:
-        print_summary(metrics, run_dir, args.logdir)
+    if not settings.quiet:
+        print_summary(metrics, run_dir, settings.logdir)
     return metrics
+
+
+def given_settings(argv, dests):
+    """The settings named on the command line, with their values (defaults left out)."""
+    not_given = object()
+    parser = build_parser()
+    parser.set_defaults(**{dest: not_given for dest in dests})
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not not_given}
 
 
 def main(argv=None):
     """Parse `argv`, train and test; return the metrics. A user's mistake exits with status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run(args, given_settings(argv, vars(args)))
     except UsageError as e:
         print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print("\nrnn_mnist.py: interrupted before training started; nothing was saved",
+              file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
     logdir = tmp_path / "logs"
     metrics = rnn_mnist.main(["--data", tiny_npz, "--logdir", str(logdir), "--run-name", "r1", *TINY])
     run = logdir / "r1"
-    assert sorted(os.listdir(run)) == ["config.json", "metrics.json", "model.keras", "train", "validation"]
+    assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "metrics.json", "model.keras",
+                                       "train", "validation"]
 
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 2 and config["cell"] == "lstm" and config["units"] == 8

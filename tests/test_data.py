@@ -212,12 +212,128 @@ def test_unreachable_server_points_to_data_flag(tmp_path):
 def test_random_shift_moves_each_image_within_the_limit():
     images = np.zeros((64, 28, 28), np.float32)
     images[:, 14, 10] = 1.0  # one bright pixel per image
-    shifted = rnn_mnist.shift_randomly(images, 2).numpy()
+    shifted = rnn_mnist.shift_randomly(images, 2, seed=[1, 2]).numpy()
     assert shifted.shape == images.shape
     assert (shifted.sum(axis=(1, 2)) == 1.0).all()  # moved, not lost or blurred
     rows, cols = np.nonzero(shifted.max(axis=2))[1], np.nonzero(shifted.max(axis=1))[1]
     assert set(rows) <= set(range(12, 17)) and set(cols) <= set(range(8, 13))
     assert len(set(zip(rows, cols))) > 5  # the shifts differ from image to image
+    np.testing.assert_array_equal(shifted, rnn_mnist.shift_randomly(images, 2, seed=[1, 2]))
+
+
+def labelled_ramp(n):
+    """n images whose every pixel holds the image's own label, so pairs can be checked."""
+    return np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 28, 28), np.float32), np.arange(n)
+
+
+def collect(batches):
+    return [(bx.numpy(), by.numpy()) for bx, by in batches]
+
+
+def test_an_epoch_covers_every_image_once_in_a_shuffled_order():
+    x, y = labelled_ramp(10)
+    epoch = collect(rnn_mnist.epoch_batches(x, y, 4, seed=1, epoch=0))
+    assert [len(by) for _, by in epoch] == [4, 4, 2]
+    labels = np.concatenate([by for _, by in epoch])
+    assert sorted(labels) == list(range(10)) and list(labels) != list(range(10))
+    for bx, by in epoch:  # images stay with their labels
+        np.testing.assert_array_equal(bx[:, 0, 0], by)
+    next_epoch = collect(rnn_mnist.epoch_batches(x, y, 4, seed=1, epoch=1))
+    assert list(np.concatenate([by for _, by in next_epoch])) != list(labels)
+
+
+def test_an_epoch_resumed_mid_way_continues_with_the_same_batches():
+    x, y = labelled_ramp(40)
+    x = x * 0 + np.random.default_rng(0).random((40, 28, 28), dtype=np.float32)
+    whole = collect(rnn_mnist.epoch_batches(x, y, 8, seed=3, epoch=2, max_shift=2))
+    rest = collect(rnn_mnist.epoch_batches(x, y, 8, seed=3, epoch=2, max_shift=2, first_step=3))
+    assert len(rest) == 2
+    for (wx, wy), (rx, ry) in zip(whole[3:], rest):
+        np.testing.assert_array_equal(wy, ry)
+        np.testing.assert_array_equal(wx, rx)  # same images, shifted the same way
+
+
+# ---------------------------------------------------------------------------
+# The download, served from this machine
+
+
+class Server:
+    """A one-file HTTP server on 127.0.0.1 that counts the requests it answers."""
+
+    def __init__(self, body):
+        self.body, self.requests = body, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/mnist.npz"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def npz_bytes(arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_download_fetches_verifies_and_caches(tmp_path, tiny_arrays):
+    body = npz_bytes(tiny_arrays)
+    sha = hashlib.sha256(body).hexdigest()
+    cache = str(tmp_path / "cache")
+    with Server(body) as server:
+        first = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
+        again = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
+        assert server.requests == 1  # the second load came from the cache
+    assert os.listdir(cache) == ["mnist.npz"]
+    assert hashlib.sha256(open(os.path.join(cache, "mnist.npz"), "rb").read()).hexdigest() == sha
+    np.testing.assert_array_equal(first[0], tiny_arrays["x_train"])
+    np.testing.assert_array_equal(again[3], tiny_arrays["y_test"])
+
+
+def test_download_with_wrong_hash_is_refused_and_not_kept(tmp_path, tiny_arrays):
+    cache = str(tmp_path / "cache")
+    with Server(npz_bytes(tiny_arrays)) as server:
+        with pytest.raises(rnn_mnist.UsageError, match="it was not kept"):
+            rnn_mnist.load_mnist(url=server.url, sha256="0" * 64, cache_dir=cache)
+    assert os.listdir(cache) == []
+
+
+def test_unreachable_server_points_to_data_flag(tmp_path):
+    with Server(b"") as server:
+        url = server.url  # the port is closed once the server stops
+    with pytest.raises(rnn_mnist.UsageError, match="could not download MNIST.*--data PATH"):
+        rnn_mnist.load_mnist(url=url, cache_dir=str(tmp_path / "cache"))
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_random_shift_moves_each_image_within_the_limit():
+    images = np.zeros((64, 28, 28), np.float32)
+    images[:, 14, 10] = 1.0  # one bright pixel per image
+    shifted = rnn_mnist.shift_randomly(images, 2, seed=[1, 2]).numpy()
+    assert shifted.shape == images.shape
+    assert (shifted.sum(axis=(1, 2)) == 1.0).all()  # moved, not lost or blurred
+    rows, cols = np.nonzero(shifted.max(axis=2))[1], np.nonzero(shifted.max(axis=1))[1]
+    assert set(rows) <= set(range(12, 17)) and set(cols) <= set(range(8, 13))
+    assert len(set(zip(rows, cols))) > 5  # the shifts differ from image to image
+    np.testing.assert_array_equal(shifted, rnn_mnist.shift_randomly(images, 2, seed=[1, 2]))
 
 
 def test_training_batches_cover_every_image_once_per_epoch():

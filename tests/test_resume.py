@@ -1,0 +1,182 @@
+"""Never lose training: checkpoints, signals, resume, and a loss that blows up."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import rnn_mnist
+from conftest import REPO, synthetic_mnist
+
+SMALL = ["--validation-size", "40", "--units", "8", "--quiet"]
+
+
+def start(*argv, cwd):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "rnn_mnist.py"), *argv], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def latest_checkpoint_step(run_dir):
+    index = os.path.join(run_dir, "checkpoints", "checkpoint")
+    try:
+        with open(index) as f:
+            first = f.readline()  # model_checkpoint_path: "ckpt-N"
+    except OSError:
+        return -1
+    return int(first.split("ckpt-")[1].strip().strip('"')) if "ckpt-" in first else -1
+
+
+def wait_for_checkpoint(run_dir, step, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while latest_checkpoint_step(run_dir) < step:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint came"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def slow_npz(tmp_path):
+    """Enough tiny images, in batches of 8, for an epoch to last about a second."""
+    path = tmp_path / "slow.npz"
+    np.savez(path, **synthetic_mnist(n_train=2040, n_test=60))
+    return str(path)
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz):
+    logs = tmp_path / "logs"
+    argv = ["--data", slow_npz, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "50",
+            "--logdir", str(logs), "--run-name", "stopped", *SMALL]
+    process = start(*argv, cwd=tmp_path)
+    wait_for_checkpoint(str(logs / "stopped"), 50, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert f"resume with: python rnn_mnist.py --resume stopped --logdir {logs}" in err
+    assert "Traceback" not in err
+    stopped_at = latest_checkpoint_step(str(logs / "stopped"))
+    assert 50 <= stopped_at < 2 * 250  # saved mid-run, after the last batch it finished
+
+    metrics = rnn_mnist.main(["--resume", "stopped", "--logdir", str(logs), "--quiet"])
+    assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+    assert latest_checkpoint_step(str(logs / "stopped")) == 2 * 250
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path, slow_npz):
+    common = ["--data", slow_npz, "--batch-size", "8", "--epochs", "3", "--checkpoint-every", "10",
+              "--deterministic", *SMALL]
+    whole = start(*common, "--logdir", "logs", "--run-name", "whole", cwd=tmp_path)
+    assert whole.wait(timeout=300) == 0, whole.communicate()
+
+    killed = start(*common, "--logdir", "logs", "--run-name", "killed", cwd=tmp_path)
+    wait_for_checkpoint(str(tmp_path / "logs" / "killed"), 300, killed)  # epoch 2 is steps 251-500
+    killed.kill()
+    killed.wait()
+    step = latest_checkpoint_step(str(tmp_path / "logs" / "killed"))
+    assert 250 < step < 500, step  # the kill came in the middle of the second epoch
+
+    resumed = start("--resume", "killed", "--logdir", "logs", "--quiet", cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+
+    import keras
+    runs = tmp_path / "logs"
+    a = keras.models.load_model(runs / "whole" / "model.keras")
+    b = keras.models.load_model(runs / "killed" / "model.keras")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    ma, mb = (json.loads((runs / r / "metrics.json").read_text()) for r in ("whole", "killed"))
+    assert ma["test_accuracy"] == mb["test_accuracy"] and ma["test_loss"] == mb["test_loss"]
+    assert ma["best_epoch"] == mb["best_epoch"]
+
+
+def tensorboard_steps(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(folder)
+    events.Reload()
+    return [event.step for event in events.Tensors(tag)]
+
+
+def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
+    logs = str(tmp_path)
+    common = ["--data", tiny_npz, "--batch-size", "20", "--log-every", "5", "--logdir", logs,
+              "--run-name", "more", *SMALL]
+    first = rnn_mnist.main([*common, "--epochs", "2"])
+    with pytest.raises(SystemExit) as exit_:  # finished: needs more epochs to go on
+        rnn_mnist.main(["--resume", "--logdir", logs, "--quiet"])
+    assert exit_.value.code == 2
+    again = rnn_mnist.main(["--resume", "--logdir", logs, "--epochs", "4", "--quiet"])
+    assert again["epochs"] == 4
+    assert again["history"][:2] == first["history"]
+    assert again["best_val_accuracy"] == max(r["val_accuracy"] for r in again["history"])
+    config = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert config["epochs"] == 4 and config["batch_size"] == 20
+    # one point per epoch and per 5 steps (10 steps an epoch), none repeated or rewound
+    assert tensorboard_steps(str(tmp_path / "more" / "train"), "epoch_loss") == [1, 2, 3, 4]
+    assert tensorboard_steps(str(tmp_path / "more" / "validation"), "epoch_accuracy") == [1, 2, 3, 4]
+    assert tensorboard_steps(str(tmp_path / "more" / "train"), "batch_loss") == list(range(5, 41, 5))
+
+
+RESUME_MISTAKES = [
+    (["--units", "16"], "--units 16 would change the model of run r (8); start a new run"),
+    (["--cell", "gru"], "--cell gru would change the model of run r (lstm)"),
+    (["--batch-size", "10"], "--batch-size cannot change when resuming (run r used 20)"),
+    (["--run-name", "r"], "give the run to resume as --resume NAME"),
+]
+
+
+@pytest.mark.parametrize("extra,message", RESUME_MISTAKES, ids=[a[0] for a, _ in RESUME_MISTAKES])
+def test_a_resume_that_would_change_the_run_is_refused(tmp_path, tiny_npz, capsys, extra, message):
+    rnn_mnist.main(["--data", tiny_npz, "--batch-size", "20", "--epochs", "1", "--logdir",
+                    str(tmp_path), "--run-name", "r", *SMALL])
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2", *extra])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--resume", "--logdir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"no run with a checkpoint in {tmp_path}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rnn_mnist.main(["--resume", "nothing", "--logdir", str(tmp_path)])
+    assert "holds no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_npz, capsys):
+    rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--logdir", str(tmp_path),
+                    "--run-name", "r", *SMALL])
+    config_path = tmp_path / "r" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(dict(config, units=32)))  # no longer the saved model
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2"])
+    assert exit_.value.code == 2
+    assert "does not fit the model its config.json describes" in capsys.readouterr().err
+
+
+def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_npz, capsys):
+    # a learning rate of 1e38 overflows the weights within a few steps
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--data", tiny_npz, "--learning-rate", "1e38", "--lr-schedule", "constant",
+                        "--batch-size", "20", "--checkpoint-every", "1", "--logdir", str(tmp_path),
+                        "--run-name", "nan", *SMALL])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "the loss became nan" in err and "keeping the last good checkpoint" in err
+    assert "Traceback" not in err
+    checkpoints = str(tmp_path / "nan" / "checkpoints")
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(checkpoints)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name
