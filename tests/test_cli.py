@@ -81,6 +81,7 @@ BAD_SETTINGS = [
     (["--learning-rate", "nan"], "--learning-rate: nan must be a positive number"),
     (["--learning-rate", "fast"], "--learning-rate: 'fast' is not a number"),
     (["--cell", "rnn"], "--cell: invalid choice: 'rnn'"),
+    (["--shift", "14"], "--shift 14 would move digits out of the frame; choose 0 to 13 pixels"),
     (["--run-name", "../escape"], "--run-name: '../escape' must be a plain folder name"),
     (["--run-name", ".."], "--run-name: '..' must be a plain folder name"),
     (["--validation-size", "240"], "--validation-size 240 leaves no training images"),
