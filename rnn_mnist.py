@@ -259,6 +259,7 @@ def as_sequences(images):
     return images.astype(np.float32) / MAX_PIXEL
 
 
+@tf.function(reduce_retracing=True)
 def shift_randomly(images, max_shift, seed):
     """Move each image by up to `max_shift` pixels up/down and left/right, at random.
 
@@ -279,26 +280,21 @@ def shift_randomly(images, max_shift, seed):
 
 
 def epoch_batches(x, y, batch_size, seed, epoch, max_shift=0, first_step=0):
-    """The batches of one epoch, from `first_step` on: shuffled, and shifted if asked.
+    """Yield the batches of one epoch, from `first_step` on: shuffled, and shifted if asked.
 
     The order and the shifts depend only on (seed, epoch, step), not on what ran
     before, so a run resumed from a checkpoint mid-epoch continues with the very
-    batches it would have had.
+    batches it would have had. A plain generator rather than tf.data: a dataset
+    would copy the whole training set into its graph every epoch.
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(x))
-    steps = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).skip(first_step)
-    images, labels = tf.constant(x), tf.constant(y)
-
-    def make_batch(step, index):
-        batch = tf.gather(images, index)
+    for step in range(first_step, -(-len(x) // batch_size)):
+        index = order[step * batch_size:(step + 1) * batch_size]
+        images = x[index]
         if max_shift:
-            batch = shift_randomly(batch, max_shift, tf.stack([tf.cast(seed, tf.int64),
-                                                               epoch * 1_000_000 + step]))
-        return batch, tf.gather(labels, index)
-
-    return (steps.enumerate(first_step)
-            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+            images = shift_randomly(images, max_shift, tf.constant([seed, epoch * 1_000_000 + step],
+                                                                   tf.int64))
+        yield images, y[index]
 
 
 def split_validation(x, y, size):
@@ -312,6 +308,7 @@ def split_validation(x, y, size):
 # Model
 
 RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+RECURRENT_CLASS_NAMES = {layer.__name__ for layer in RECURRENT_LAYERS.values()}
 
 
 def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1):
@@ -548,6 +545,159 @@ def epoch_line(epoch, epochs, record):
 
 
 # ----------------------------------------------------------------------------
+# Using a trained model: evaluate, predict, export
+
+DIGIT_BOX = 20  # MNIST scaled each digit to fit 20x20 pixels, then centred it in 28x28
+
+
+def newest_model(logdir):
+    """The most recently written model.keras among the runs in `logdir`, or None."""
+    found = []
+    for name in os.listdir(logdir) if os.path.isdir(logdir) else []:
+        path = os.path.join(logdir, name, MODEL_FILE)
+        if os.path.isfile(path):
+            found.append((os.path.getmtime(path), path))
+    return max(found)[1] if found else None
+
+
+def load_trained_model(path, logdir=DEFAULT_LOGDIR):
+    """Load a model this tool trained (Keras safe mode: no arbitrary code), or explain why not."""
+    if path is None:
+        path = newest_model(logdir)
+        if path is None:
+            raise UsageError(f"no trained model in {logdir}; train one first, or give --model PATH")
+    if not os.path.isfile(path):
+        raise UsageError(f"--model {path} does not exist; give the model.keras of a run")
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as e:  # Keras raises many kinds for a file that is not a model
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a Keras model this tool can load ({reason}); "
+                         "give the model.keras of a run") from None
+    expected_in, expected_out = (None, TIMESTEPS, FEATURES), (None, NUM_CLASSES)
+    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
+        raise UsageError(f"{path} maps {model.input_shape} to {model.output_shape}, not MNIST "
+                         f"rows {expected_in} to {NUM_CLASSES} classes; give a model this tool trained")
+    return model, path
+
+
+def confusion_matrix(labels, predicted, num_classes=NUM_CLASSES):
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def format_confusion(counts):
+    width = max(5, len(str(counts.max())) + 1)
+    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(len(counts)))
+    rows = [f"{t:>9}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(counts)]
+    return "\n".join([head] + rows)
+
+
+def format_per_class(counts):
+    lines = ["digit  images  correct  accuracy  precision"]
+    for digit in range(len(counts)):
+        total, right = counts[digit].sum(), counts[digit, digit]
+        called = counts[:, digit].sum()
+        lines.append(f"{digit:>5}  {total:>6,}  {right:>7,}  {right / max(total, 1):>8.2%}"
+                     f"  {right / max(called, 1):>9.2%}")
+    return "\n".join(lines)
+
+
+def to_mnist_form(pixels):
+    """Any picture of one digit -> a 28x28 uint8 image drawn the way MNIST's are.
+
+    As MNIST itself was made: grayscale; light digit on dark ground (a dark digit
+    on light paper is inverted); cropped to the ink; scaled, keeping the aspect
+    ratio, so the longer side is 20 pixels; placed so its centre of mass is the
+    centre of the 28x28 frame.
+    """
+    image = pixels.astype(np.float32)
+    if image.shape[-1] in (2, 4):  # transparency: lay the picture on white paper
+        alpha = image[..., -1:] / MAX_PIXEL
+        image = image[..., :-1] * alpha + MAX_PIXEL * (1 - alpha)
+    gray = image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[-1] == 3 else image[..., 0]
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > MAX_PIXEL / 2:
+        gray, border = MAX_PIXEL - gray, MAX_PIXEL - border
+    gray = np.clip(gray - np.median(border), 0, None)  # the paper becomes 0
+    if gray.max() <= 0:
+        return None
+    gray *= MAX_PIXEL / gray.max()
+    ink_rows = np.nonzero((gray > MAX_PIXEL / 4).any(axis=1))[0]
+    ink_cols = np.nonzero((gray > MAX_PIXEL / 4).any(axis=0))[0]
+    digit = gray[ink_rows[0]:ink_rows[-1] + 1, ink_cols[0]:ink_cols[-1] + 1]
+    scale = DIGIT_BOX / max(digit.shape)
+    size = [max(1, round(side * scale)) for side in digit.shape]
+    digit = tf.image.resize(digit[..., None], size, antialias=True).numpy()[..., 0]
+    digit = np.clip(digit, 0, MAX_PIXEL)
+    frame = np.zeros((TIMESTEPS, FEATURES), np.float32)
+    rows, cols = np.indices(digit.shape)
+    mass = digit.sum()
+    centre = ((rows * digit).sum() / mass, (cols * digit).sum() / mass)
+    top = int(np.clip(round((TIMESTEPS - 1) / 2 - centre[0]), 0, TIMESTEPS - digit.shape[0]))
+    left = int(np.clip(round((FEATURES - 1) / 2 - centre[1]), 0, FEATURES - digit.shape[1]))
+    frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return np.round(frame).astype(np.uint8)
+
+
+def read_picture(path):
+    """Decode a PNG, JPEG, BMP or GIF (its first frame) into [H, W, C] uint8 pixels."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); give a PNG, JPEG, BMP or GIF file") from None
+    try:
+        return tf.io.decode_image(data, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError):
+        raise UsageError(f"{path} is not a PNG, JPEG, BMP or GIF image; give a picture of a digit") from None
+
+
+def write_png(path, image):
+    tf.io.write_file(path, tf.io.encode_png(image[..., None]))
+
+
+def serving_function(model):
+    """uint8 images [N, 28, 28], 0-255, MNIST polarity -> class probabilities [N, 10]."""
+    @tf.function(input_signature=[tf.TensorSpec([None, TIMESTEPS, FEATURES], tf.uint8, name="images")])
+    def serve(images):
+        return model(tf.cast(images, tf.float32) / MAX_PIXEL, training=False)
+    return serve
+
+
+def write_saved_model(model, out_dir):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_function(model))
+    archive.write_out(out_dir, verbose=False)
+
+
+def export_model(model, out_dir, tflite=False):
+    """Write a SavedModel (signature `serving_default`) and, if asked, a .tflite file."""
+    write_saved_model(model, out_dir)
+    written = [out_dir]
+    if tflite:
+        # TFLite's built-in ops have no while loop over tensor lists: convert a copy whose
+        # recurrent layers are unrolled over the rows (same weights, same outputs).
+        config = model.get_config()
+        for layer in config["layers"]:
+            if layer["class_name"] in RECURRENT_CLASS_NAMES:
+                layer["config"]["unroll"] = True
+        unrolled = keras.Model.from_config(config)
+        unrolled.set_weights(model.get_weights())
+        with tempfile.TemporaryDirectory() as scratch:
+            write_saved_model(unrolled, scratch)
+            flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
+        path = os.path.join(out_dir, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(flat)
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------
 # Command line
 
 
@@ -612,17 +762,14 @@ def run_to_resume(text):
 
 
 def build_parser():
-    parser = Parser(prog="rnn_mnist.py",
+    parser = Parser(prog="rnn_mnist.py [train]",
                     description="Train an LSTM that reads MNIST digits row by row, "
                                 "then test it on the 10,000 test images.",
+                    epilog="Other commands: evaluate, predict, export "
+                           "(python rnn_mnist.py COMMAND --help).",
                     formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data", metavar="PATH",
-                      help="a local mnist.npz (keys x_train, y_train, x_test, y_test) or a folder "
-                           "of the four IDX files (optionally .gz); default: download the Keras "
-                           "copy, verified by sha256, and cache it in $KERAS_HOME/datasets")
-    data.add_argument("--download-url", default=MNIST_URL, metavar="URL",
-                      help="where to download mnist.npz from when --data is not given")
+    add_data_arguments(data)
     data.add_argument("--validation-size", type=non_negative_int, default=5000, metavar="N",
                       help="hold out the last N training images to pick the best epoch "
                            "(0: keep the last epoch)")
@@ -669,6 +816,63 @@ def build_parser():
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     output.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's start-up and runtime log messages")
+    return parser
+
+
+def add_data_arguments(group):
+    group.add_argument("--data", metavar="PATH",
+                       help="a local mnist.npz (keys x_train, y_train, x_test, y_test) or a folder "
+                            "of the four IDX files (optionally .gz); default: download the Keras "
+                            "copy, verified by sha256, and cache it in $KERAS_HOME/datasets")
+    group.add_argument("--download-url", default=MNIST_URL, metavar="URL",
+                       help="where to download mnist.npz from when --data is not given")
+
+
+def add_model_arguments(parser):
+    parser.add_argument("--model", metavar="PATH",
+                        help="a trained model.keras; default: the newest one in --logdir")
+    parser.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
+                        help="where to look for the newest model")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's start-up and runtime log messages")
+
+
+def command_parser(command, description):
+    return Parser(prog=f"rnn_mnist.py {command}", description=description,
+                  formatter_class=HelpFormatter)
+
+
+def build_evaluate_parser():
+    parser = command_parser("evaluate", "Test a trained model on the 10,000 MNIST test images: "
+                                        "accuracy, loss, per-class accuracy, confusion matrix.")
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
+                        help="images per batch")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    return parser
+
+
+def build_predict_parser():
+    parser = command_parser("predict", "Name the digit in your own pictures (PNG, JPEG, BMP or "
+                                       "GIF; any size, colour or polarity).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="pictures of one digit each")
+    add_model_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per image instead of a line")
+    parser.add_argument("--show-input", metavar="DIR",
+                        help="write the 28x28 image the model saw, for each picture, into DIR")
+    return parser
+
+
+def build_export_parser():
+    parser = command_parser("export", "Export a trained model as a TensorFlow SavedModel for "
+                                      "serving: uint8 images [N, 28, 28] in, probabilities out.")
+    add_model_arguments(parser)
+    parser.add_argument("--out", metavar="DIR",
+                        help="the SavedModel folder to create; default: saved_model beside the model")
+    parser.add_argument("--tflite", action="store_true",
+                        help="also write model.tflite into the SavedModel folder")
     return parser
 
 
@@ -798,10 +1002,7 @@ def resume_command(settings):
 
 def run(args, given):
     """Load, train, test and record one run (or continue one); return its metrics."""
-    if args.verbose:
-        sys.stderr.write(TENSORFLOW_STARTUP_LOG)
-    else:
-        tf.get_logger().setLevel("ERROR")
+    quiet_tensorflow(args.verbose)
     if args.resume is not None:
         settings, run_dir, config = resumed_settings(args, given)
     else:
@@ -878,6 +1079,112 @@ def run(args, given):
     return metrics
 
 
+def quiet_tensorflow(verbose):
+    if verbose:
+        sys.stderr.write(TENSORFLOW_STARTUP_LOG)
+    else:
+        tf.get_logger().setLevel("ERROR")
+
+
+def evaluate_command(args):
+    """The whole test set through a trained model: printed tables, and the figures returned."""
+    quiet_tensorflow(args.verbose)
+    model, path = load_trained_model(args.model, args.logdir)
+    _, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
+    x = as_sequences(x_test)
+    model.predict(x[:args.batch_size], batch_size=args.batch_size, verbose=0)  # warm-up: tracing
+    started = time.perf_counter()
+    probabilities = model.predict(x, batch_size=args.batch_size, verbose=0)
+    seconds = time.perf_counter() - started
+    predicted = probabilities.argmax(axis=1)
+    counts = confusion_matrix(y_test.astype(np.int64), predicted)
+    picked = probabilities[np.arange(len(y_test)), y_test]
+    results = {
+        "model": path,
+        "images": len(y_test),
+        "accuracy": float(np.mean(predicted == y_test)),
+        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        "per_class_accuracy": [float(counts[d, d] / max(counts[d].sum(), 1)) for d in range(NUM_CLASSES)],
+        "confusion_matrix": counts.tolist(),
+        "images_per_second": len(y_test) / seconds,
+    }
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"model {path}\n")
+        print(f"test accuracy {results['accuracy']:.2%}  loss {results['loss']:.4f}  "
+              f"({results['images']:,} images, {results['images_per_second']:,.0f} images/s)\n")
+        print(format_per_class(counts) + "\n")
+        print("confusion matrix (rows: true digit, columns: predicted)")
+        print(format_confusion(counts))
+    return results
+
+
+def predict_command(args):
+    """Name the digit in each picture; return one record per picture."""
+    quiet_tensorflow(args.verbose)
+    inputs = []
+    for path in args.images:  # every picture is checked before any is predicted
+        image = to_mnist_form(read_picture(path))
+        if image is None:
+            raise UsageError(f"{path} is blank: no digit to read")
+        inputs.append(image)
+    shown = []
+    if args.show_input:
+        shown = [os.path.join(args.show_input, os.path.splitext(os.path.basename(p))[0] + "-28x28.png")
+                 for p in args.images]
+        clashes = [p for p in shown if os.path.exists(p)] or (
+            [p for p in shown if shown.count(p) > 1])
+        if clashes:
+            raise UsageError(f"{clashes[0]} exists already or would be written twice; "
+                             "give --show-input an empty folder")
+    model, path = load_trained_model(args.model, args.logdir)
+    probabilities = model.predict(as_sequences(np.stack(inputs)), verbose=0)
+    records = []
+    for i, (picture, p) in enumerate(zip(args.images, probabilities)):
+        ranked = np.argsort(p)[::-1]
+        record = {"image": picture, "digit": int(ranked[0]), "probability": float(p[ranked[0]]),
+                  "probabilities": [round(float(v), 6) for v in p]}
+        if shown:
+            os.makedirs(args.show_input, exist_ok=True)
+            write_png(shown[i], inputs[i])
+            record["model_input"] = shown[i]
+        records.append(record)
+        if args.json:
+            print(json.dumps(record))
+        else:
+            runners_up = ", ".join(f"{d} ({p[d]:.1%})" for d in ranked[1:3])
+            print(f"{picture}: {ranked[0]}  ({p[ranked[0]]:.1%})   then {runners_up}"
+                  + (f"   model saw {shown[i]}" if shown else ""))
+    return records
+
+
+def export_command(args):
+    quiet_tensorflow(args.verbose)
+    model, path = load_trained_model(args.model, args.logdir)
+    out = args.out or os.path.join(os.path.dirname(path), "saved_model")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UsageError(f"{out} exists already; give --out a new folder")
+    try:
+        written = export_model(model, out, tflite=args.tflite)
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror}); give --out a folder you can write to") from None
+    print(f"exported {path}")
+    for item in written:
+        print(f"  {item}")
+    print("serving signature 'serving_default': images uint8 [N, 28, 28] (0-255, white digit on "
+          "black) -> probabilities float32 [N, 10]")
+    return {"model": path, "written": written}
+
+
+COMMANDS = {
+    "train": (build_parser, None),
+    "evaluate": (build_evaluate_parser, evaluate_command),
+    "predict": (build_predict_parser, predict_command),
+    "export": (build_export_parser, export_command),
+}
+
+
 def given_settings(argv, dests):
     """The settings named on the command line, with their values (defaults left out)."""
     not_given = object()
@@ -887,17 +1194,23 @@ def given_settings(argv, dests):
 
 
 def main(argv=None):
-    """Parse `argv`, train and test; return the metrics. A user's mistake exits with status 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command (train when none is named) and return its results.
+
+    A user's mistake prints one line and exits with status 2.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
+    build, execute = COMMANDS[command]
+    args = build().parse_args(argv)
     try:
+        if execute is not None:
+            return execute(args)
         return run(args, given_settings(argv, vars(args)))
     except UsageError as e:
         print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        print("\nrnn_mnist.py: interrupted before training started; nothing was saved",
-              file=sys.stderr)
+        print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
 
 

@@ -132,9 +132,9 @@ def test_console_shows_one_line_for_a_mistake_and_no_tensorflow_chatter(tmp_path
     assert (tmp_path / "Visualize" / "quiet" / "model.keras").is_file()
 
 
-def help_options():
+def help_options(command):
     """{flag: default or None} as `--help` shows them, on a screen wide enough not to wrap."""
-    text = rnn_mnist.build_parser().format_help()
+    text = rnn_mnist.COMMANDS[command][0]().format_help()
     options = {}
     for block in re.split(r"\n(?=  -)", text):
         flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", block.split("\n")[0])
@@ -144,16 +144,20 @@ def help_options():
     return options
 
 
-def readme_options():
-    """{flag: default} from the README's flag table."""
+def readme_tables():
+    """{command: {flag: default}} from the README's flag tables, headed '| `command` flag |'."""
     readme = open(os.path.join(REPO, "README.md")).read()
-    rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", readme, flags=re.M)
-    return {flag: default.strip().strip("`") for flag, default in rows}
+    tables = {}
+    for command, body in re.findall(r"^\| `(\w+)` flag \|.*\n((?:\|.*\n)+)", readme, flags=re.M):
+        rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", body, flags=re.M)
+        tables[command] = {flag: default.strip().strip("`") for flag, default in rows}
+    return tables
 
 
-def test_readme_flag_table_matches_help(monkeypatch):
+@pytest.mark.parametrize("command", sorted(rnn_mnist.COMMANDS))
+def test_readme_flag_tables_match_help(monkeypatch, command):
     monkeypatch.setenv("COLUMNS", "1000")
-    in_help, in_readme = help_options(), readme_options()
+    in_help, in_readme = help_options(command), readme_tables()[command]
     assert set(in_readme) == set(in_help) - {"--help"}
     for flag, default in in_help.items():
         if default not in (None, "None", "False"):

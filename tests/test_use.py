@@ -1,0 +1,189 @@
+"""Using a trained model: evaluate, predict on pictures, export for serving."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnn_mnist
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, request):
+    """A tiny model trained on synthetic digits, in a run folder."""
+    from conftest import synthetic_mnist
+    folder = tmp_path_factory.mktemp("trained")
+    data = folder / "tiny.npz"
+    np.savez(data, **synthetic_mnist())
+    rnn_mnist.main(["--data", str(data), "--epochs", "2", "--batch-size", "32", "--units", "8",
+                    "--validation-size", "40", "--logdir", str(folder / "runs"), "--run-name", "r",
+                    "--quiet"])
+    return {"data": str(data), "logdir": str(folder / "runs"),
+            "model": str(folder / "runs" / "r" / "model.keras")}
+
+
+def write_picture(path, pixels):
+    import tensorflow as tf
+    encode = tf.io.encode_jpeg if str(path).endswith(".jpg") else tf.io.encode_png
+    tf.io.write_file(str(path), encode(pixels))
+
+
+def drawn_digit(height=160, width=120, ink=(20, 20, 20), paper=(250, 245, 235)):
+    """An RGB picture of a thick '7', dark ink on light paper, off-centre on a large canvas."""
+    picture = np.empty((height, width, 3), np.uint8)
+    picture[:] = paper
+    picture[30:42, 20:90] = ink  # the top bar
+    for row in range(42, 130):  # the stroke down and to the left
+        col = 90 - (row - 42) * 45 // 88
+        picture[row, col - 6:col + 6] = ink
+    return picture
+
+
+def test_a_picture_is_brought_to_mnist_form():
+    image = rnn_mnist.to_mnist_form(drawn_digit())
+    assert image.shape == (28, 28) and image.dtype == np.uint8
+    assert image.max() == 255 and image[0].max() == 0 and image[:, 0].max() == 0  # light ink, dark ground
+    rows = np.nonzero(image.max(axis=1) > 64)[0]
+    cols = np.nonzero(image.max(axis=0) > 64)[0]
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (19, 20, 21)  # longer side ~20 px
+    weights = image.astype(float)
+    centre = [(np.indices(image.shape)[axis] * weights).sum() / weights.sum() for axis in (0, 1)]
+    assert abs(centre[0] - 13.5) <= 1 and abs(centre[1] - 13.5) <= 1  # centre of mass centred
+
+
+def test_polarity_colour_and_transparency_give_the_same_digit():
+    base = rnn_mnist.to_mnist_form(drawn_digit())
+    white_on_black = rnn_mnist.to_mnist_form(255 - drawn_digit(paper=(250, 250, 250), ink=(20, 20, 20)))
+    gray = rnn_mnist.to_mnist_form(drawn_digit()[..., :1])
+    rgba = np.concatenate([drawn_digit(), np.full((160, 120, 1), 255, np.uint8)], axis=-1)
+    rgba[..., 3][rgba[..., 0] > 128] = 0  # transparent paper
+    for other in (white_on_black, gray, rnn_mnist.to_mnist_form(rgba)):
+        assert np.abs(other.astype(int) - base.astype(int)).mean() < 8
+
+
+def test_a_blank_picture_has_no_digit():
+    assert rnn_mnist.to_mnist_form(np.full((50, 50, 3), 255, np.uint8)) is None
+
+
+def test_predict_prints_a_digit_per_picture_and_json(tmp_path, trained, capsys):
+    pictures = []
+    for name in ("a.png", "b.jpg"):
+        write_picture(tmp_path / name, drawn_digit())
+        pictures.append(str(tmp_path / name))
+    records = rnn_mnist.main(["predict", *pictures, "--model", trained["model"], "--json",
+                              "--show-input", str(tmp_path / "seen")])
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == records
+    for record in records:
+        assert 0 <= record["digit"] <= 9
+        assert record["probability"] == pytest.approx(max(record["probabilities"]), abs=1e-6)
+        assert sum(record["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    import tensorflow as tf
+    seen = tf.io.decode_png(tf.io.read_file(str(tmp_path / "seen" / "a-28x28.png"))).numpy()
+    np.testing.assert_array_equal(seen[..., 0], rnn_mnist.to_mnist_form(drawn_digit()))
+
+    rnn_mnist.main(["predict", pictures[0], "--model", trained["model"]])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{pictures[0]}: {records[0]['digit']}  (") and "then" in line
+
+
+def test_predict_uses_the_newest_model_in_logdir(tmp_path, trained, capsys):
+    write_picture(tmp_path / "a.png", drawn_digit())
+    records = rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--logdir", trained["logdir"]])
+    assert len(records) == 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is not a PNG, JPEG, BMP or GIF image"),
+    (b"GIF89a but not really", "is not a PNG, JPEG, BMP or GIF image"),
+])
+def test_predict_refuses_what_is_not_a_picture(tmp_path, trained, capsys, content, message):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["predict", str(tmp_path / "x.png"), "--model", trained["model"]])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_predict_refuses_a_blank_picture_and_an_existing_output(tmp_path, trained, capsys):
+    write_picture(tmp_path / "blank.png", np.full((40, 40, 3), 255, np.uint8))
+    with pytest.raises(SystemExit):
+        rnn_mnist.main(["predict", str(tmp_path / "blank.png"), "--model", trained["model"]])
+    assert "is blank: no digit to read" in capsys.readouterr().err
+    write_picture(tmp_path / "a.png", drawn_digit())
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "seen" / "a-28x28.png").write_bytes(b"kept")
+    with pytest.raises(SystemExit):
+        rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--model", trained["model"],
+                        "--show-input", str(tmp_path / "seen")])
+    assert "give --show-input an empty folder" in capsys.readouterr().err
+    assert (tmp_path / "seen" / "a-28x28.png").read_bytes() == b"kept"
+
+
+def test_models_that_cannot_be_used_are_refused(tmp_path, capsys):
+    import keras
+    (tmp_path / "junk.keras").write_bytes(b"not a model at all")
+    other = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
+    other.save(tmp_path / "other.keras")
+    for path, message in [(tmp_path / "missing.keras", "does not exist"),
+                          (tmp_path / "junk.keras", "is not a Keras model this tool can load"),
+                          (tmp_path / "other.keras", "not MNIST rows")]:
+        with pytest.raises(SystemExit) as exit_:
+            rnn_mnist.main(["evaluate", "--model", str(path)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    with pytest.raises(SystemExit):
+        rnn_mnist.main(["export", "--logdir", str(tmp_path / "empty")])
+    assert "no trained model in" in capsys.readouterr().err
+
+
+def test_evaluate_reports_accuracy_per_class_and_confusion(trained, capsys):
+    results = rnn_mnist.main(["evaluate", "--model", trained["model"], "--data", trained["data"],
+                              "--batch-size", "16"])
+    out = capsys.readouterr().out
+    counts = np.array(results["confusion_matrix"])
+    assert counts.shape == (10, 10) and counts.sum() == results["images"] == 60
+    assert results["accuracy"] == pytest.approx(np.trace(counts) / 60)
+    metrics = json.loads(open(os.path.join(os.path.dirname(trained["model"]), "metrics.json")).read())
+    assert results["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert results["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert f"test accuracy {results['accuracy']:.2%}" in out
+    assert "confusion matrix" in out and "precision" in out
+
+
+FRESH_PROCESS = """
+import sys, numpy as np, tensorflow as tf
+images = np.load(sys.argv[2])
+served = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](images=tf.constant(images))
+np.save(sys.argv[3], list(served.values())[0].numpy())
+lite = tf.lite.Interpreter(model_path=sys.argv[1] + "/model.tflite")
+lite.resize_tensor_input(lite.get_input_details()[0]["index"], images.shape)
+lite.allocate_tensors()
+lite.set_tensor(lite.get_input_details()[0]["index"], images)
+lite.invoke()
+np.save(sys.argv[4], lite.get_tensor(lite.get_output_details()[0]["index"]))
+"""
+
+
+def test_export_serves_what_the_keras_model_computes(tmp_path, trained, capsys):
+    import keras
+    out = tmp_path / "served"
+    rnn_mnist.main(["export", "--model", trained["model"], "--out", str(out), "--tflite"])
+    assert "serving_default" in capsys.readouterr().out
+    images = np.load(trained["data"])["x_test"][:7]
+    np.save(tmp_path / "images.npy", images)
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out), str(tmp_path / "images.npy"),
+                    str(tmp_path / "served.npy"), str(tmp_path / "lite.npy")], check=True,
+                   capture_output=True, timeout=300)
+    expected = np.asarray(keras.models.load_model(trained["model"])(rnn_mnist.as_sequences(images)))
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "lite.npy"), expected, atol=1e-5)
+
+    with pytest.raises(SystemExit):  # never over an earlier export
+        rnn_mnist.main(["export", "--model", trained["model"], "--out", str(out)])
+    assert "exists already; give --out a new folder" in capsys.readouterr().err
