@@ -336,9 +336,15 @@ def compile_model(model, learning_rate, total_steps, schedule="cosine"):
 # Training and evaluation
 
 
+def scores(probabilities, labels):
+    """Cross-entropy and accuracy of predicted class probabilities."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {"loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+            "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
+
+
 def evaluate(model, x, y, batch_size=1000):
-    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+    return scores(model.predict(x, batch_size=batch_size, verbose=0), y)
 
 
 class TrainingState(tf.Module):
@@ -398,25 +404,31 @@ class Diverged(Exception):
 
 
 class SummaryBuffer:
-    """TensorBoard scalars held until the next checkpoint, then written and flushed.
+    """TensorBoard summaries held until the next checkpoint, then written and flushed.
 
     So the event files never run ahead of the checkpoint: a run killed between two
     checkpoints and resumed writes each step once, with no duplicated or rewound
-    points on TensorBoard's step axis.
+    points on TensorBoard's step axis. Writers: "train" and "validation" (overlaid
+    by TensorBoard), and "" for the run itself (config, hparams, test results).
     """
+
+    WRITE = {"scalar": tf.summary.scalar, "histogram": tf.summary.histogram,
+             "image": tf.summary.image, "text": tf.summary.text}
 
     def __init__(self, run_dir):
         self.writers = {name: tf.summary.create_file_writer(os.path.join(run_dir, name))
-                        for name in ("train", "validation")}
+                        for name in ("", "train", "validation")}
         self.pending = []
 
-    def add(self, writer, tag, value, step):
-        self.pending.append((writer, tag, float(value), int(step)))
+    def add(self, writer, tag, value, step, kind="scalar"):
+        if kind == "scalar":
+            value = float(value)
+        self.pending.append((writer, kind, tag, value, int(step)))
 
     def flush(self):
-        for writer, tag, value, step in self.pending:
+        for writer, kind, tag, value, step in self.pending:
             with self.writers[writer].as_default():
-                tf.summary.scalar(tag, value, step=step)
+                self.WRITE[kind](tag, value, step=step)
         for writer in self.writers.values():
             writer.flush()
         self.pending = []
@@ -424,6 +436,53 @@ class SummaryBuffer:
     def close(self):
         for writer in self.writers.values():
             writer.close()
+
+
+def log_model_graph(summaries, model):
+    """The forward pass's graph, for TensorBoard's Graphs dashboard."""
+    forward = tf.function(lambda rows: model(rows, training=False))
+    graph = forward.get_concrete_function(
+        tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="rows")).graph
+    with summaries.writers[""].as_default():
+        tf.summary.graph(graph)
+
+
+def log_run_start(summaries, model, config):
+    """Once per run: the graph, the resolved config as text, and the hyperparameters."""
+    from tensorboard.plugins.hparams import api as hparams
+    log_model_graph(summaries, model)
+    rows = [[f"`{key}`", f"`{value}`"] for key, value in config.items()]
+    with summaries.writers[""].as_default():
+        tf.summary.text("config", markdown_table(["setting", "value"], rows), step=0)
+        hparams.hparams({key: config[key] for key in HPARAMS}, trial_id=config["run_name"])
+    summaries.writers[""].flush()
+
+
+def log_test_results(run_dir, test, counts, step):
+    """The test accuracy and loss (for the HParams table) and the per-class table, as text."""
+    writer = tf.summary.create_file_writer(run_dir)
+    with writer.as_default():
+        tf.summary.scalar("test_accuracy", test["accuracy"], step=step)
+        tf.summary.scalar("test_loss", test["loss"], step=step)
+        tf.summary.text("test_per_class", per_class_table(counts), step=step)
+    writer.close()
+
+
+HPARAMS = ("cell", "units", "layers", "epochs", "batch_size", "learning_rate", "lr_schedule",
+           "shift", "seed", "validation_size")
+
+
+def log_weights_and_gradients(summaries, model, images, labels, epoch):
+    """Histograms of every weight, and of the gradients on one fixed batch, with their norms."""
+    with tf.GradientTape() as tape:
+        loss = model.loss(labels, model(images, training=True))
+    variables = model.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    for variable, gradient in zip(variables, gradients):
+        name = variable.path
+        summaries.add("train", f"weights/{name}", variable.numpy(), epoch, kind="histogram")
+        summaries.add("train", f"gradients/{name}", gradient.numpy(), epoch, kind="histogram")
+        summaries.add("train", f"gradient_norm/{name}", float(tf.norm(gradient)), epoch)
 
 
 def learning_rate_now(model):
@@ -436,7 +495,7 @@ def save_model_atomically(model, path):
     os.replace(partial, path)
 
 
-def train(state, train_data, val_data, settings, run_dir, quiet=False):
+def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False):
     """Train from wherever `state` stands to `settings.epochs`, checkpointing as it goes.
 
     Written as a loop over `train_on_batch` rather than `model.fit`, because fit
@@ -447,7 +506,6 @@ def train(state, train_data, val_data, settings, run_dir, quiet=False):
     (x, y), (x_val, y_val) = train_data, val_data
     steps_per_epoch = -(-len(x) // settings.batch_size)
     manager = checkpoint_manager(state, run_dir)
-    summaries = SummaryBuffer(run_dir)
     model_path = os.path.join(run_dir, MODEL_FILE)
     global_step = int(state.optimizer.iterations.numpy())
 
@@ -508,7 +566,14 @@ def train(state, train_data, val_data, settings, run_dir, quiet=False):
                           "learning_rate": learning_rate_now(model),
                           "samples_per_second": seen_here / (mark - epoch_started)}
                 if len(x_val):
-                    record.update({f"val_{k}": v for k, v in evaluate(model, x_val, y_val).items()})
+                    probabilities = model.predict(x_val, batch_size=1000, verbose=0)
+                    record.update({f"val_{k}": v for k, v in scores(probabilities, y_val).items()})
+                    if settings.figures_every and (epoch + 1) % settings.figures_every == 0:
+                        for tag, image in epoch_pictures(model, x_val, y_val, probabilities,
+                                                         epoch + 1).items():
+                            summaries.add("validation", tag, image, epoch + 1, kind="image")
+                log_weights_and_gradients(summaries, model, x[:settings.batch_size],
+                                          y[:settings.batch_size], epoch + 1)
                 monitored = record.get("val_accuracy", record["accuracy"])
                 if monitored > state.best_val_accuracy.numpy():
                     state.best_val_accuracy.assign(monitored)
@@ -530,7 +595,6 @@ def train(state, train_data, val_data, settings, run_dir, quiet=False):
                 epochs_bar.update(1)
     finally:
         epochs_bar.close()
-        summaries.close()
     return history_of(state)
 
 
@@ -542,6 +606,212 @@ def epoch_line(epoch, epochs, record):
         line += f"  | val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:7.2%}"
     return line + (f"  | lr {record['learning_rate']:.2e}"
                    f"  {record['samples_per_second']:,.0f} samples/s")
+
+
+# ----------------------------------------------------------------------------
+# Pictures for TensorBoard: how the network reads a digit
+
+SHOWN_DIGITS = 8  # digits in the readout and gate pictures
+SHOWN_MISTAKES = 24  # misclassified digits shown, at most
+
+
+def figure_to_image(figure):
+    """A matplotlib figure -> uint8 RGBA pixels [1, H, W, 4] for tf.summary.image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[None].copy()
+
+
+def new_figure(width, height):
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global state
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def draw_confusion(counts, title):
+    """The 10x10 confusion matrix with its counts written in, on a log colour scale."""
+    from matplotlib.colors import LogNorm
+    figure = new_figure(6.4, 5.6)
+    ax = figure.add_subplot()
+    ax.imshow(counts + 1, cmap="Blues", norm=LogNorm(vmin=1, vmax=counts.max() + 1))
+    for (true, guess), n in np.ndenumerate(counts):
+        if n:
+            dark = (n + 1) > (counts.max() + 1) ** 0.6
+            ax.text(guess, true, str(n), ha="center", va="center", fontsize=8,
+                    color="white" if dark else ("black" if true == guess else "firebrick"))
+    ax.set_xticks(range(len(counts)))
+    ax.set_yticks(range(len(counts)))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    ax.set_title(title)
+    return figure_to_image(figure)
+
+
+def draw_mistakes(images, labels, predicted, confidence, title, columns=8):
+    """A grid of misclassified digits, each captioned 'true -> predicted (confidence)'.
+
+    One mosaic in one axes: a subplot per digit would cost a second per epoch.
+    """
+    rows = max(1, -(-len(images) // columns))
+    size, gap = images.shape[1], 10
+    mosaic = np.ones((rows * (size + gap), columns * (size + 2)), np.float32) * 0.15
+    figure = new_figure(columns * 1.05, rows * 1.25 + 0.5)
+    ax = figure.add_subplot()
+    for i, image in enumerate(images):
+        top, left = (i // columns) * (size + gap) + gap, (i % columns) * (size + 2) + 1
+        mosaic[top:top + size, left:left + size] = image
+        ax.text(left + size / 2, top - 1.5, f"{labels[i]} \u2192 {predicted[i]} ({confidence[i]:.0%})",
+                ha="center", va="bottom", fontsize=7.5, color="#ffb4a8")
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    return figure_to_image(figure)
+
+
+def readout_model(model):
+    """The same network, but its head reads the state after every row, not only the last."""
+    config = model.get_config()
+    recurrent = [layer for layer in config["layers"] if layer["class_name"] in RECURRENT_CLASS_NAMES]
+    recurrent[-1]["config"]["return_sequences"] = True
+    every_step = keras.Model.from_config(config)
+    every_step.set_weights(model.get_weights())
+    return every_step
+
+
+def gate_activations(model, x):
+    """Mean gate activations per timestep of the first recurrent layer: {name: [N, T]},
+    and that layer's output after the last step, [N, units].
+
+    Keras does not expose the gates, so the cell is run again here in NumPy from the
+    layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
+    reset after the recurrent product) equations.
+    """
+    layer = next(layer for layer in model.layers if isinstance(layer, tuple(RECURRENT_LAYERS.values())))
+    kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
+    units = recurrent_kernel.shape[0]
+    h = np.zeros((len(x), units), np.float32)
+    c = np.zeros_like(h)
+    trace = {}
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    def record(**values):
+        for name, value in values.items():
+            trace.setdefault(name, []).append(value.mean(axis=1))
+
+    for t in range(x.shape[1]):
+        if isinstance(layer, keras.layers.LSTM):
+            z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+            i, f, g, o = np.split(z, 4, axis=1)
+            i, f, o = sigmoid(i), sigmoid(f), sigmoid(o)
+            c = f * c + i * np.tanh(g)
+            h = o * np.tanh(c)
+            record(input_gate=i, forget_gate=f, output_gate=o, cell_state=np.abs(c))
+        else:
+            input_bias, recurrent_bias = bias if bias.ndim == 2 else (bias, np.zeros_like(bias))
+            xz, xr, xh = np.split(x[:, t] @ kernel + input_bias, 3, axis=1)
+            hz, hr, hh = np.split(h @ recurrent_kernel + recurrent_bias, 3, axis=1)
+            update, reset = sigmoid(xz + hz), sigmoid(xr + hr)
+            h = update * h + (1 - update) * np.tanh(xh + reset * hh)
+            record(update_gate=update, reset_gate=reset, hidden_state=np.abs(h))
+    return {name: np.stack(values, axis=1) for name, values in trace.items()}, h
+
+
+def draw_rows(images, captions, panels, title, per_line=2):
+    """Per digit: the image beside heat maps whose rows line up with the image's rows.
+
+    `panels` is a list of (name, values [N, T, K], column labels, colour map, range).
+    Each digit and its heat maps are one picture composed here in NumPy, in one axes,
+    with one colour bar per panel for the whole figure: a subplot per heat map would
+    cost a second or two per epoch.
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    rows = images.shape[1]
+    # heat-map columns are widened so a panel spans about a digit's width (at most 10 px each)
+    cells = [min(10, -(-images.shape[2] // values.shape[2])) for _, values, *_ in panels]
+    ticks = []
+    left = images.shape[2] + 2
+    for (name, values, labels, cmap, limits), cell in zip(panels, cells):
+        ticks += [(left + cell * k + (cell - 1) / 2, str(label)) for k, label in enumerate(labels)]
+        left += values.shape[2] * cell + 2
+    n = len(images)
+    lines = -(-n // per_line)
+    figure = new_figure(per_line * left / 22 + 0.4, lines * 1.75 + 1.1)
+    figure.suptitle(title)
+    axes = np.atleast_1d(figure.subplots(lines, per_line)).reshape(-1)
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= n:
+            continue
+        strip = [np.repeat(images[i][..., None], 3, axis=2), np.ones((rows, 2, 3))]
+        for (name, values, labels, cmap, (low, high)), cell in zip(panels, cells):
+            coloured = colormaps[cmap](np.clip((values[i] - low) / (high - low), 0, 1))[..., :3]
+            strip += [np.repeat(coloured, cell, axis=1), np.ones((rows, 2, 3))]
+        ax.imshow(np.concatenate(strip[:-1], axis=1), interpolation="nearest")
+        ax.set_title(captions[i], fontsize=9)
+        for x, label in ticks:
+            ax.text(x, rows + 0.6, label, ha="center", va="top", fontsize=6)
+        ax.text(-1, 0, "row 0", ha="right", va="center", fontsize=6)
+        ax.text(-1, rows - 1, f"row {rows - 1}", ha="right", va="center", fontsize=6)
+    for name, values, labels, cmap, (low, high) in panels:
+        bar = figure.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=axes.tolist(),
+                              location="bottom", fraction=0.04, aspect=40, pad=0.02)
+        bar.set_label(name, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return figure_to_image(figure)
+
+
+def epoch_pictures(model, x_val, y_val, probabilities, epoch):
+    """The pictures TensorBoard shows for one epoch, from the validation set: {tag: image}."""
+    predicted = probabilities.argmax(axis=1)
+    pictures = {"confusion_matrix": draw_confusion(
+        confusion_matrix(y_val.astype(np.int64), predicted),
+        f"validation, epoch {epoch}: {np.mean(predicted == y_val):.2%} right")}
+    wrong = np.nonzero(predicted != y_val)[0][:SHOWN_MISTAKES]
+    if len(wrong):
+        pictures["misclassified"] = draw_mistakes(
+            x_val[wrong], y_val[wrong], predicted[wrong], probabilities[wrong].max(axis=1),
+            f"misclassified, epoch {epoch}: true \u2192 predicted (confidence), "
+            f"{len(wrong)} of {int(np.sum(predicted != y_val))}")
+    # one example of each digit where there is one, then the first mistakes
+    shown = [int(np.argmax(y_val == d)) for d in range(NUM_CLASSES) if (y_val == d).any()]
+    shown = (shown[:SHOWN_DIGITS - 2] + list(wrong[:2]))[:SHOWN_DIGITS]
+    images, labels = x_val[shown], y_val[shown]
+    captions = [f"a {label}, read as {guess} ({p:.0%})" for label, guess, p in
+                zip(labels, predicted[shown], probabilities[shown].max(axis=1))]
+    readout = np.asarray(readout_model(model).predict(images, verbose=0))
+    pictures["readout_over_rows"] = draw_rows(
+        images, captions,
+        [("P(digit) after each row", readout, list(range(NUM_CLASSES)), "viridis", (0, 1))],
+        f"epoch {epoch}: the prediction forming as the rows are read, top to bottom")
+    gates, _ = gate_activations(model, images)
+    names = list(gates)
+    stacked = np.stack([gates[name] for name in names], axis=2)
+    state = stacked[..., -1:]
+    pictures["gates_over_rows"] = draw_rows(
+        images, captions, [("gates (mean)", stacked[..., :-1],
+                          [n.replace("_gate", "") for n in names[:-1]], "magma", (0, 1)),
+                         (f"|{names[-1].replace('_', ' ')}|", state, [names[-1].split('_')[0]], "cividis",
+                          (0, max(float(state.max()), 1e-6)))],
+        f"epoch {epoch}: gates of the first {type(model.layers[1]).__name__} layer, row by row")
+    return pictures
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def per_class_table(counts):
+    rows = []
+    for digit in range(len(counts)):
+        right, total, called = counts[digit, digit], counts[digit].sum(), counts[:, digit].sum()
+        rows.append([digit, f"{total:,}", f"{right / max(called, 1):.2%}",
+                     f"{right / max(total, 1):.2%}"])
+    return markdown_table(["digit", "images", "precision", "recall"], rows)
 
 
 # ----------------------------------------------------------------------------
@@ -813,6 +1083,9 @@ def build_parser():
                         help="save a checkpoint every STEPS batches, besides every epoch")
     output.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
                         help="log the training loss and accuracy to TensorBoard every STEPS batches")
+    output.add_argument("--figures-every", type=non_negative_int, default=1, metavar="EPOCHS",
+                        help="draw the TensorBoard pictures (confusion matrix, mistakes, readout "
+                             "and gates over the rows) every EPOCHS epochs (0: never)")
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     output.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's start-up and runtime log messages")
@@ -928,7 +1201,8 @@ def print_summary(metrics, run_dir, logdir):
 
 
 # Settings a resumed run may change (when given); any other must match its config.json.
-RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "logdir", "resume"}
+RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
+                      "resume"}
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
 MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
 
@@ -1041,8 +1315,12 @@ def run(args, given):
     config.pop("resume")
     write_json(os.path.join(run_dir, "config.json"), config)
 
+    summaries = SummaryBuffer(run_dir)
+    if args.resume is None:
+        log_run_start(summaries, model, config)
     try:
-        history = train(state, train_data, val_data, settings, run_dir, quiet=settings.quiet)
+        history = train(state, train_data, val_data, settings, run_dir, summaries,
+                        quiet=settings.quiet)
     except Interrupted as stop:
         signum = stop.args[0]
         print(f"\n{signal.Signals(signum).name} received: stopped at epoch "
@@ -1059,9 +1337,14 @@ def run(args, given):
               + (f", keeping the last good {' and '.join(kept)} in {run_dir}" if kept else "")
               + "; try a smaller --learning-rate", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        summaries.close()
 
     best = keras.models.load_model(os.path.join(run_dir, MODEL_FILE))  # the best epoch
-    test = evaluate(best, x_test, y_test)
+    probabilities = best.predict(x_test, batch_size=1000, verbose=0)
+    test = scores(probabilities, y_test)
+    log_test_results(run_dir, test, confusion_matrix(y_test.astype(np.int64), probabilities.argmax(axis=1)),
+                     len(history))
     metrics = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],

@@ -25,8 +25,10 @@ def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
     logdir = tmp_path / "logs"
     metrics = rnn_mnist.main(["--data", tiny_npz, "--logdir", str(logdir), "--run-name", "r1", *TINY])
     run = logdir / "r1"
-    assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "metrics.json", "model.keras",
-                                       "train", "validation"]
+    entries = os.listdir(run)
+    assert sorted(e for e in entries if "tfevents" not in e) == [
+        "checkpoints", "config.json", "metrics.json", "model.keras", "train", "validation"]
+    assert any("tfevents" in e for e in entries)  # the run's own: config, hparams, test results
 
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 2 and config["cell"] == "lstm" and config["units"] == 8

@@ -47,3 +47,27 @@ def test_cosine_schedule_decays_to_zero():
     for step, rate in [(0, 2e-3), (50, 1e-3), (100, 0.0)]:
         optimizer.iterations.assign(step)
         assert rnn_mnist.learning_rate_now(model) == pytest.approx(rate, rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_gates_shown_in_tensorboard_come_from_the_real_cell(cell):
+    """The pictures recompute the cell in NumPy; its output must be the layer's own."""
+    import keras
+    keras.utils.set_random_seed(3)
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell, units=12)
+    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=6, n_test=1)["x_train"])
+    gates, last = rnn_mnist.gate_activations(model, x)
+    layer_output = keras.Model(model.inputs, model.layers[1].output)(x)
+    np.testing.assert_allclose(last, np.asarray(layer_output), atol=1e-5)
+    for name, values in gates.items():
+        assert values.shape == (6, rnn_mnist.TIMESTEPS), name
+        if name.endswith("_gate"):
+            assert (values >= 0).all() and (values <= 1).all()
+
+
+def test_the_readout_after_the_last_row_is_the_prediction():
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=12, layers=2)
+    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
+    readout = np.asarray(rnn_mnist.readout_model(model)(x))
+    assert readout.shape == (4, rnn_mnist.TIMESTEPS, rnn_mnist.NUM_CLASSES)
+    np.testing.assert_allclose(readout[:, -1], np.asarray(model(x)), atol=1e-6)
