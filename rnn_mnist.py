@@ -20,9 +20,11 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -297,6 +299,39 @@ def epoch_batches(x, y, batch_size, seed, epoch, max_shift=0, first_step=0):
         yield images, y[index]
 
 
+def prefetched(batches, depth=4):
+    """Yield from `batches`, produced by a background thread up to `depth` ahead.
+
+    Cutting and shifting a batch takes about 2 ms; made while the previous batch
+    trains, it costs nothing. The order is kept, so runs stay reproducible.
+    """
+    ready, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+        ready.put(end)
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def split_validation(x, y, size):
     """Hold out the last `size` training examples for validation."""
     if size == 0:
@@ -312,12 +347,17 @@ RECURRENT_CLASS_NAMES = {layer.__name__ for layer in RECURRENT_LAYERS.values()}
 
 
 def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1):
-    """Stacked recurrent layers over the rows; the last step's output feeds a softmax."""
+    """Stacked recurrent layers over the rows; the last step's output feeds a softmax.
+
+    The layers are unrolled over the 28 rows: the same cell and the same backpropagation
+    through time, but one graph with no loop, which trains about 6% faster on a CPU
+    than TensorFlow's while loop (README, Performance) and exports to TFLite as is.
+    """
     recurrent = RECURRENT_LAYERS[cell]
     inputs = keras.Input(shape=input_shape, name="rows")
     x = inputs
     for i in range(layers):
-        x = recurrent(units, return_sequences=i < layers - 1, name=f"{cell}_{i + 1}")(x)
+        x = recurrent(units, return_sequences=i < layers - 1, unroll=True, name=f"{cell}_{i + 1}")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"rnn_mnist_{cell}")
 
@@ -532,8 +572,8 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
                     state.train_seconds.assign_add(now - mark)
                     mark = now
 
-                batches = epoch_batches(x, y, settings.batch_size, settings.seed, epoch,
-                                        settings.shift, first_step)
+                batches = prefetched(epoch_batches(x, y, settings.batch_size, settings.seed, epoch,
+                                                   settings.shift, first_step))
                 for step, (images, labels) in enumerate(batches, start=first_step):
                     logs = model.train_on_batch(images, labels, return_dict=True)
                     if not np.isfinite(logs["loss"]):
@@ -987,24 +1027,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+def whole_number(minimum):
+    """An argparse type: a whole number no smaller than `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
+        return value
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+positive_int, non_negative_int = whole_number(1), whole_number(0)
 
 
 def positive_float(text):
@@ -1066,6 +1102,11 @@ def build_parser():
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                           help="cosine: decay the rate to zero over the run; constant: keep it")
     training.add_argument("--seed", type=non_negative_int, default=1, metavar="N", help="seed for weights and shuffling")
+    training.add_argument("--intra-op-threads", type=non_negative_int, default=1, metavar="N",
+                          help="threads that share one TensorFlow operation (0: TensorFlow's "
+                               "choice); this model's operations are too small to split well")
+    training.add_argument("--inter-op-threads", type=non_negative_int, default=2, metavar="N",
+                          help="TensorFlow operations that may run at once (0: TensorFlow's choice)")
     training.add_argument("--deterministic", action="store_true",
                           help="make every operation deterministic (a little slower): the same "
                                "seed and settings give the same weights, resumed or not")
@@ -1202,7 +1243,7 @@ def print_summary(metrics, run_dir, logdir):
 
 # Settings a resumed run may change (when given); any other must match its config.json.
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
-                      "resume"}
+                      "resume", "intra_op_threads", "inter_op_threads"}
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
 MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
 
@@ -1292,6 +1333,7 @@ def run(args, given):
     if args.resume is None:
         prepare_run_dir(run_dir)
 
+    configure_threads(settings.intra_op_threads, settings.inter_op_threads)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(settings.seed)
@@ -1360,6 +1402,15 @@ def run(args, given):
     if not settings.quiet:
         print_summary(metrics, run_dir, settings.logdir)
     return metrics
+
+
+def configure_threads(intra_op, inter_op):
+    """Set TensorFlow's thread pools; possible only before its first operation runs."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # already running, e.g. a second run in one Python process
+        pass
 
 
 def quiet_tensorflow(verbose):

@@ -253,72 +253,15 @@ def test_an_epoch_resumed_mid_way_continues_with_the_same_batches():
         np.testing.assert_array_equal(wx, rx)  # same images, shifted the same way
 
 
-# ---------------------------------------------------------------------------
-# The download, served from this machine
+def test_prefetched_batches_keep_their_order_and_errors():
+    assert list(rnn_mnist.prefetched(iter(range(50)), depth=3)) == list(range(50))
 
+    def failing():
+        yield 1
+        raise ValueError("broken batch")
+    with pytest.raises(ValueError, match="broken batch"):
+        list(rnn_mnist.prefetched(failing()))
 
-class Server:
-    """A one-file HTTP server on 127.0.0.1 that counts the requests it answers."""
-
-    def __init__(self, body):
-        self.body, self.requests = body, 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/mnist.npz"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def npz_bytes(arrays):
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def test_download_fetches_verifies_and_caches(tmp_path, tiny_arrays):
-    body = npz_bytes(tiny_arrays)
-    sha = hashlib.sha256(body).hexdigest()
-    cache = str(tmp_path / "cache")
-    with Server(body) as server:
-        first = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
-        again = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
-        assert server.requests == 1  # the second load came from the cache
-    assert os.listdir(cache) == ["mnist.npz"]
-    assert hashlib.sha256(open(os.path.join(cache, "mnist.npz"), "rb").read()).hexdigest() == sha
-    np.testing.assert_array_equal(first[0], tiny_arrays["x_train"])
-    np.testing.assert_array_equal(again[3], tiny_arrays["y_test"])
-
-
-def test_download_with_wrong_hash_is_refused_and_not_kept(tmp_path, tiny_arrays):
-    cache = str(tmp_path / "cache")
-    with Server(npz_bytes(tiny_arrays)) as server:
-        with pytest.raises(rnn_mnist.UsageError, match="it was not kept"):
-            rnn_mnist.load_mnist(url=server.url, sha256="0" * 64, cache_dir=cache)
-    assert os.listdir(cache) == []
-
-
-def test_unreachable_server_points_to_data_flag(tmp_path):
-    with Server(b"") as server:
-        url = server.url  # the port is closed once the server stops
-    with pytest.raises(rnn_mnist.UsageError, match="could not download MNIST.*--data PATH"):
-        rnn_mnist.load_mnist(url=url, cache_dir=str(tmp_path / "cache"))
-    assert os.listdir(tmp_path / "cache") == []
+    stream = rnn_mnist.prefetched(iter(range(10_000)), depth=2)
+    assert next(stream) == 0
+    stream.close()  # a consumer that stops early leaves no producer behind

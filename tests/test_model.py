@@ -57,7 +57,7 @@ def test_the_gates_shown_in_tensorboard_come_from_the_real_cell(cell):
     model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell, units=12)
     x = rnn_mnist.as_sequences(synthetic_mnist(n_train=6, n_test=1)["x_train"])
     gates, last = rnn_mnist.gate_activations(model, x)
-    layer_output = keras.Model(model.inputs, model.layers[1].output)(x)
+    layer_output = keras.Model(model.inputs[0], model.layers[1].output)(x)
     np.testing.assert_allclose(last, np.asarray(layer_output), atol=1e-5)
     for name, values in gates.items():
         assert values.shape == (6, rnn_mnist.TIMESTEPS), name
