@@ -3,7 +3,11 @@
     pip install -r requirements.txt
     python rnn_mnist.py                                   # download MNIST, train, test
     python rnn_mnist.py --data ../shared/data/mnist.npz   # offline, from a local copy
+    python rnn_mnist.py --resume                          # continue the newest run
     tensorboard --logdir Visualize                        # watch and compare the runs
+    python rnn_mnist.py evaluate --data mnist.npz         # test the newest model again
+    python rnn_mnist.py predict my_digit.png              # read your own handwriting
+    python rnn_mnist.py export --tflite                   # a SavedModel for serving
     python -m pytest tests                                # the test suite
 
 Each 28x28 image is read top to bottom, one row of 28 pixels per timestep. The
@@ -845,12 +849,16 @@ def markdown_table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
 
 
-def per_class_table(counts):
-    rows = []
+def per_class(counts):
+    """Per digit: (digit, images, correct, recall, precision) from a confusion matrix."""
     for digit in range(len(counts)):
         right, total, called = counts[digit, digit], counts[digit].sum(), counts[:, digit].sum()
-        rows.append([digit, f"{total:,}", f"{right / max(called, 1):.2%}",
-                     f"{right / max(total, 1):.2%}"])
+        yield digit, total, right, right / max(total, 1), right / max(called, 1)
+
+
+def per_class_table(counts):
+    rows = [[digit, f"{total:,}", f"{precision:.2%}", f"{recall:.2%}"]
+            for digit, total, _, recall, precision in per_class(counts)]
     return markdown_table(["digit", "images", "precision", "recall"], rows)
 
 
@@ -907,11 +915,8 @@ def format_confusion(counts):
 
 def format_per_class(counts):
     lines = ["digit  images  correct  accuracy  precision"]
-    for digit in range(len(counts)):
-        total, right = counts[digit].sum(), counts[digit, digit]
-        called = counts[:, digit].sum()
-        lines.append(f"{digit:>5}  {total:>6,}  {right:>7,}  {right / max(total, 1):>8.2%}"
-                     f"  {right / max(called, 1):>9.2%}")
+    for digit, total, right, recall, precision in per_class(counts):
+        lines.append(f"{digit:>5}  {total:>6,}  {right:>7,}  {recall:>8.2%}  {precision:>9.2%}")
     return "\n".join(lines)
 
 
@@ -1430,14 +1435,11 @@ def evaluate_command(args):
     started = time.perf_counter()
     probabilities = model.predict(x, batch_size=args.batch_size, verbose=0)
     seconds = time.perf_counter() - started
-    predicted = probabilities.argmax(axis=1)
-    counts = confusion_matrix(y_test.astype(np.int64), predicted)
-    picked = probabilities[np.arange(len(y_test)), y_test]
+    counts = confusion_matrix(y_test.astype(np.int64), probabilities.argmax(axis=1))
     results = {
         "model": path,
         "images": len(y_test),
-        "accuracy": float(np.mean(predicted == y_test)),
-        "loss": float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0)))),
+        **scores(probabilities, y_test),
         "per_class_accuracy": [float(counts[d, d] / max(counts[d].sum(), 1)) for d in range(NUM_CLASSES)],
         "confusion_matrix": counts.tolist(),
         "images_per_second": len(y_test) / seconds,
@@ -1487,7 +1489,8 @@ def predict_command(args):
         if args.json:
             print(json.dumps(record))
         else:
-            runners_up = ", ".join(f"{d} ({p[d]:.1%})" for d in ranked[1:3])
+            runners_up = ", ".join(f"{d} ({p[d]:.1%})" if p[d] >= 0.001 else f"{d} (<0.1%)"
+                                   for d in ranked[1:3])
             print(f"{picture}: {ranked[0]}  ({p[ranked[0]]:.1%})   then {runners_up}"
                   + (f"   model saw {shown[i]}" if shown else ""))
     return records

@@ -46,15 +46,16 @@ def slow_npz(tmp_path):
     return str(path)
 
 
-def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz, signum):
     logs = tmp_path / "logs"
     argv = ["--data", slow_npz, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "50",
             "--logdir", str(logs), "--run-name", "stopped", *SMALL]
     process = start(*argv, cwd=tmp_path)
     wait_for_checkpoint(str(logs / "stopped"), 50, process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert process.returncode == 128 + signum
     assert f"resume with: python rnn_mnist.py --resume stopped --logdir {logs}" in err
     assert "Traceback" not in err
     stopped_at = latest_checkpoint_step(str(logs / "stopped"))
