@@ -553,7 +553,9 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
     model_path = os.path.join(run_dir, MODEL_FILE)
     global_step = int(state.optimizer.iterations.numpy())
 
-    def checkpoint():
+    def checkpoint(step_in_epoch, sums):
+        state.step_in_epoch.assign(step_in_epoch)
+        state.epoch_sums.assign(sums)
         manager.save(checkpoint_number=global_step)
         summaries.flush()
 
@@ -588,8 +590,6 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
                                                correct + logs["accuracy"] * n, seen + n)
                     seen_here += n
                     global_step += 1
-                    state.step_in_epoch.assign(step + 1)
-                    state.epoch_sums.assign([loss_sum, correct, seen])
                     batches_bar.set_postfix(ordered_dict={"loss": f"{loss_sum / seen:.4f}",
                                                           "acc": f"{correct / seen:.2%}"},
                                             refresh=False)
@@ -597,13 +597,11 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
                     if global_step % settings.log_every == 0:
                         summaries.add("train", "batch_loss", logs["loss"], global_step)
                         summaries.add("train", "batch_accuracy", logs["accuracy"], global_step)
+                    if stop.signal is not None or global_step % settings.checkpoint_every == 0:
+                        clock()
+                        checkpoint(step + 1, [loss_sum, correct, seen])
                     if stop.signal is not None:
-                        clock()
-                        checkpoint()
                         raise Interrupted(stop.signal)
-                    if global_step % settings.checkpoint_every == 0:
-                        clock()
-                        checkpoint()
                 clock()
                 batches_bar.close()
                 record = {"loss": loss_sum / seen, "accuracy": correct / seen,
@@ -630,9 +628,7 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
                         summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch + 1)
                 state.history.assign(json.dumps(history_of(state) + [record]))
                 state.epoch.assign(epoch + 1)
-                state.step_in_epoch.assign(0)
-                state.epoch_sums.assign([0.0, 0.0, 0.0])
-                checkpoint()
+                checkpoint(0, [0.0, 0.0, 0.0])
                 if not quiet:
                     epochs_bar.write(epoch_line(epoch + 1, settings.epochs, record))
                 epochs_bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
