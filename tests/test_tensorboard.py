@@ -81,3 +81,5 @@ def test_every_dashboard_is_active_and_lists_the_runs_tags(served_run):
     experiment = get(base + "/data/plugin/hparams/experiment", body=b'{"experimentName": ""}')
     names = {info["name"] for info in experiment["hparamInfos"]}
     assert {"cell", "units", "learning_rate", "batch_size"} <= names
+    metrics = {(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]}
+    assert {("", "test_accuracy"), ("validation", "epoch_accuracy")} <= metrics, metrics
