@@ -187,3 +187,22 @@ def test_export_serves_what_the_keras_model_computes(tmp_path, trained, capsys):
     with pytest.raises(SystemExit):  # never over an earlier export
         rnn_mnist.main(["export", "--model", trained["model"], "--out", str(out)])
     assert "exists already; give --out a new folder" in capsys.readouterr().err
+
+
+def test_bmp_gif_and_gray_alpha_pictures_are_read_like_png(tmp_path, trained):
+    from PIL import Image  # tests/requirements.txt
+    picture = drawn_digit()
+    write_picture(tmp_path / "digit.png", picture)
+    Image.fromarray(picture).save(tmp_path / "digit.bmp")
+    Image.fromarray(picture).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "digit.gif")
+    gray = Image.fromarray(picture).convert("L")
+    alpha = Image.fromarray(np.where(np.asarray(gray) > 128, 0, 255).astype(np.uint8))
+    Image.merge("LA", (gray, alpha)).save(tmp_path / "digit-la.png")
+    reference = rnn_mnist.to_mnist_form(rnn_mnist.read_picture(str(tmp_path / "digit.png")))
+    names = ["digit.bmp", "digit.gif", "digit-la.png"]
+    for name in names:
+        image = rnn_mnist.to_mnist_form(rnn_mnist.read_picture(str(tmp_path / name)))
+        assert np.abs(image.astype(int) - reference.astype(int)).mean() < 8, name
+    records = rnn_mnist.main(["predict", str(tmp_path / "digit.png"),
+                              *[str(tmp_path / n) for n in names], "--model", trained["model"], "--json"])
+    assert len({r["digit"] for r in records}) == 1
