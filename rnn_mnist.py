@@ -1287,7 +1287,7 @@ def resumed_settings(args, given):
     for key in (RESUMABLE_SETTINGS & set(given)) | SESSION_SETTINGS:
         setattr(settings, key, getattr(args, key))
     settings.run_name = name
-    return settings, run_dir, config
+    return settings, run_dir
 
 
 def restore(state, run_dir):
@@ -1320,7 +1320,7 @@ def run(args, given):
     """Load, train, test and record one run (or continue one); return its metrics."""
     quiet_tensorflow(args.verbose)
     if args.resume is not None:
-        settings, run_dir, config = resumed_settings(args, given)
+        settings, run_dir = resumed_settings(args, given)
     else:
         settings = argparse.Namespace(**vars(args))
         settings.run_name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
