@@ -991,7 +991,8 @@ def export_model(model, out_dir, tflite=False):
     written = [out_dir]
     if tflite:
         # TFLite's built-in ops have no while loop over tensor lists: convert a copy whose
-        # recurrent layers are unrolled over the rows (same weights, same outputs).
+        # recurrent layers are unrolled over the rows (same weights, same outputs). This
+        # tool's models are unrolled already; a model saved with a loop is not.
         config = model.get_config()
         for layer in config["layers"]:
             if layer["class_name"] in RECURRENT_CLASS_NAMES:
