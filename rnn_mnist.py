@@ -1234,15 +1234,6 @@ def check_sizes(n_train_images, args):
                          "images; choose a smaller one")
 
 
-def print_summary(metrics, run_dir, logdir):
-    print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
-          f"{metrics['test_images']:,} images)")
-    print(f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
-          f"({metrics['samples_per_second']:,.0f} samples/s); best epoch {metrics['best_epoch']}")
-    print(f"run saved in {run_dir}  (model.keras, config.json, metrics.json, TensorBoard logs)")
-    print(f"view it with: tensorboard --logdir {logdir}")
-
-
 # Settings a resumed run may change (when given); any other must match its config.json.
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
                       "resume", "intra_op_threads", "inter_op_threads"}
