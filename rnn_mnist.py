@@ -311,20 +311,23 @@ def prefetched(batches, depth=4):
     """
     ready, stop, end = queue.Queue(depth), threading.Event(), object()
 
+    def offer(item):  # False once the consumer has gone, so the thread never hangs
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def produce():
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as error:  # handed to the consumer, raised there
-            ready.put(error)
-        ready.put(end)
+            offer(error)
+        offer(end)
 
     threading.Thread(target=produce, daemon=True).start()
     try:
@@ -708,14 +711,20 @@ def draw_mistakes(images, labels, predicted, confidence, title, columns=8):
     return figure_to_image(figure)
 
 
+def rebuilt(model, change):
+    """A copy of `model` with the same weights, after `change(configs)` has edited the
+    configs of its recurrent layers, first to last."""
+    config = model.get_config()
+    change([layer["config"] for layer in config["layers"]
+            if layer["class_name"] in RECURRENT_CLASS_NAMES])
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def readout_model(model):
     """The same network, but its head reads the state after every row, not only the last."""
-    config = model.get_config()
-    recurrent = [layer for layer in config["layers"] if layer["class_name"] in RECURRENT_CLASS_NAMES]
-    recurrent[-1]["config"]["return_sequences"] = True
-    every_step = keras.Model.from_config(config)
-    every_step.set_weights(model.get_weights())
-    return every_step
+    return rebuilt(model, lambda recurrent: recurrent[-1].update(return_sequences=True))
 
 
 def gate_activations(model, x):
@@ -864,22 +873,23 @@ def per_class_table(counts):
 DIGIT_BOX = 20  # MNIST scaled each digit to fit 20x20 pixels, then centred it in 28x28
 
 
-def newest_model(logdir):
-    """The most recently written model.keras among the runs in `logdir`, or None."""
+def newest_run_with(logdir, filename):
+    """The name of the run in `logdir` whose `filename` was written last, or None."""
     found = []
     for name in os.listdir(logdir) if os.path.isdir(logdir) else []:
-        path = os.path.join(logdir, name, MODEL_FILE)
+        path = os.path.join(logdir, name, filename)
         if os.path.isfile(path):
-            found.append((os.path.getmtime(path), path))
+            found.append((os.path.getmtime(path), name))
     return max(found)[1] if found else None
 
 
 def load_trained_model(path, logdir=DEFAULT_LOGDIR):
     """Load a model this tool trained (Keras safe mode: no arbitrary code), or explain why not."""
     if path is None:
-        path = newest_model(logdir)
-        if path is None:
+        run = newest_run_with(logdir, MODEL_FILE)
+        if run is None:
             raise UsageError(f"no trained model in {logdir}; train one first, or give --model PATH")
+        path = os.path.join(logdir, run, MODEL_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"--model {path} does not exist; give the model.keras of a run")
     try:
@@ -993,12 +1003,7 @@ def export_model(model, out_dir, tflite=False):
         # TFLite's built-in ops have no while loop over tensor lists: convert a copy whose
         # recurrent layers are unrolled over the rows (same weights, same outputs). This
         # tool's models are unrolled already; a model saved with a loop is not.
-        config = model.get_config()
-        for layer in config["layers"]:
-            if layer["class_name"] in RECURRENT_CLASS_NAMES:
-                layer["config"]["unroll"] = True
-        unrolled = keras.Model.from_config(config)
-        unrolled.set_weights(model.get_weights())
+        unrolled = rebuilt(model, lambda recurrent: [c.update(unroll=True) for c in recurrent])
         with tempfile.TemporaryDirectory() as scratch:
             write_saved_model(unrolled, scratch)
             flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
@@ -1243,12 +1248,7 @@ MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
 
 def latest_run(logdir):
     """The run in `logdir` whose checkpoint was written last, or None."""
-    runs = []
-    for name in os.listdir(logdir) if os.path.isdir(logdir) else []:
-        index = os.path.join(logdir, name, "checkpoints", "checkpoint")
-        if os.path.isfile(index):
-            runs.append((os.path.getmtime(index), name))
-    return max(runs)[1] if runs else None
+    return newest_run_with(logdir, os.path.join("checkpoints", "checkpoint"))
 
 
 def resumed_settings(args, given):
@@ -1294,6 +1294,17 @@ def restore(state, run_dir):
                          f"describes ({reason}); start a new run instead") from None
 
 
+def prepare_training(settings, x_train, y_train):
+    """Seed, split off the validation images, and build and compile the model."""
+    keras.utils.set_random_seed(settings.seed)
+    train_data, val_data = split_validation(as_sequences(x_train), y_train, settings.validation_size)
+    steps = -(-len(train_data[0]) // settings.batch_size)
+    model = make_model(train_data[0].shape[1:], NUM_CLASSES, settings.cell, settings.units,
+                       settings.layers)
+    compile_model(model, settings.learning_rate, steps * settings.epochs, settings.lr_schedule)
+    return model, train_data, val_data
+
+
 def print_summary(metrics, run_dir, logdir):
     print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
           f"{metrics['test_images']:,} images)")
@@ -1329,12 +1340,8 @@ def run(args, given):
     configure_threads(settings.intra_op_threads, settings.inter_op_threads)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(settings.seed)
-    train_data, val_data = split_validation(as_sequences(x_train), y_train, settings.validation_size)
+    model, train_data, val_data = prepare_training(settings, x_train, y_train)
     x_test = as_sequences(x_test)
-    steps = -(-len(train_data[0]) // settings.batch_size)
-    model = make_model(x_test.shape[1:], NUM_CLASSES, settings.cell, settings.units, settings.layers)
-    compile_model(model, settings.learning_rate, steps * settings.epochs, settings.lr_schedule)
     state = TrainingState(model)
     if args.resume is not None:
         restore(state, run_dir)

@@ -50,14 +50,7 @@ def default_settings(data, epochs=None):
 
 def prepared(settings):
     x_train, y_train, x_test, y_test = rnn_mnist.load_mnist(settings.data)
-    keras.utils.set_random_seed(settings.seed)
-    train_data, val_data = rnn_mnist.split_validation(rnn_mnist.as_sequences(x_train), y_train,
-                                                      settings.validation_size)
-    steps = -(-len(train_data[0]) // settings.batch_size)
-    model = rnn_mnist.make_model(train_data[0].shape[1:], rnn_mnist.NUM_CLASSES, settings.cell,
-                                 settings.units, settings.layers)
-    rnn_mnist.compile_model(model, settings.learning_rate, steps * settings.epochs,
-                            settings.lr_schedule)
+    model, train_data, val_data = rnn_mnist.prepare_training(settings, x_train, y_train)
     return model, train_data, val_data, (rnn_mnist.as_sequences(x_test), y_test)
 
 

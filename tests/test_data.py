@@ -262,6 +262,15 @@ def test_prefetched_batches_keep_their_order_and_errors():
     with pytest.raises(ValueError, match="broken batch"):
         list(rnn_mnist.prefetched(failing()))
 
-    stream = rnn_mnist.prefetched(iter(range(10_000)), depth=2)
-    assert next(stream) == 0
-    stream.close()  # a consumer that stops early leaves no producer behind
+    import threading
+    import time
+    before = threading.active_count()
+    for source in (iter(range(10_000)), iter(range(2))):  # stopped mid-way, or already done
+        stream = rnn_mnist.prefetched(source, depth=1)
+        assert next(stream) == 0
+        time.sleep(0.3)  # the producer runs ahead until the queue is full
+        stream.close()  # a consumer that stops early leaves no producer behind
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
