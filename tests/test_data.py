@@ -212,7 +212,7 @@ def test_unreachable_server_points_to_data_flag(tmp_path):
 def test_random_shift_moves_each_image_within_the_limit():
     images = np.zeros((64, 28, 28), np.float32)
     images[:, 14, 10] = 1.0  # one bright pixel per image
-    shifted = rnn_mnist.shift_randomly(images, 2, seed=[1, 2]).numpy()
+    shifted = rnn_mnist.shift_randomly(images, 2, seed=[1, 2])
     assert shifted.shape == images.shape
     assert (shifted.sum(axis=(1, 2)) == 1.0).all()  # moved, not lost or blurred
     rows, cols = np.nonzero(shifted.max(axis=2))[1], np.nonzero(shifted.max(axis=1))[1]

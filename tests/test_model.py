@@ -34,9 +34,34 @@ def test_one_training_step_lowers_the_loss():
     model = rnn_mnist.make_model(x.shape[1:], units=16)
     rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
     before = model.evaluate(x, y, verbose=0)[0]
-    model.train_on_batch(x, y)
+    loss, correct = rnn_mnist.training_step(model)(x, y)
     after = model.evaluate(x, y, verbose=0)[0]
     assert after < before
+    assert float(loss) == pytest.approx(before, rel=1e-4)  # the step reports the loss it started from
+    assert 0 <= int(correct) <= len(y)
+
+
+@pytest.mark.parametrize("batch", [64, 7, 1])
+def test_cutting_the_batch_into_slices_gives_the_whole_batchs_step(batch):
+    """Slices run side by side for speed; the weights after the step must not depend on them."""
+    import keras
+    data = synthetic_mnist(n_train=batch, n_test=1)
+    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    results = []
+    for slices in (1, 2, 3):
+        keras.utils.set_random_seed(0)
+        model = rnn_mnist.make_model(x.shape[1:], units=16)
+        rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
+        initial = model.get_weights()
+        loss, correct = rnn_mnist.training_step(model, slices)(x, y)
+        results.append((float(loss), int(correct), model.get_weights()))
+        assert all(not np.allclose(w, v) for w, v in zip(initial, model.get_weights()))
+    (loss, correct, weights), others = results[0], results[1:]
+    for other_loss, other_correct, other_weights in others:
+        assert other_loss == pytest.approx(loss, rel=1e-5)
+        assert other_correct == correct
+        for w, v in zip(weights, other_weights):
+            np.testing.assert_allclose(v, w, rtol=1e-4, atol=1e-6)
 
 
 def test_cosine_schedule_decays_to_zero():
