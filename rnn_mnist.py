@@ -541,21 +541,30 @@ def training_step(model, slices=2):
     cached = TRAINING_STEPS.setdefault(model, {})
     if slices in cached:  # tracing the graph takes seconds: once per model
         return cached[slices]
-    optimizer, loss_function = model.optimizer, model.loss
+    optimizer, variables = model.optimizer, model.trainable_variables
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),
+                 tf.TensorSpec((None,), tf.int32)]
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),
-                                  tf.TensorSpec((None,), tf.int32)])
+    @tf.function(input_signature=signature)
+    def slice_gradients(images, labels):  # traced once, called once per slice
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels,
+                                                                                   probabilities))
+        predicted = tf.argmax(probabilities, axis=1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(predicted == labels, tf.int32))
+        return loss_sum, correct, tape.gradient(loss_sum, variables)
+
+    @tf.function(input_signature=signature)
     def step(images, labels):
         n = tf.shape(images)[0]
         bounds = [n * k // slices for k in range(slices + 1)]
-        with tf.GradientTape() as tape:
-            probabilities = tf.concat([model(images[start:end], training=True)
-                                       for start, end in zip(bounds, bounds[1:])], axis=0)
-            loss = loss_function(labels, probabilities)
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        predicted = tf.argmax(probabilities, axis=1, output_type=labels.dtype)
-        return loss, tf.reduce_sum(tf.cast(predicted == labels, tf.int32))
+        parts = [slice_gradients(images[start:end], labels[start:end])
+                 for start, end in zip(bounds, bounds[1:])]
+        scale = 1.0 / tf.cast(n, tf.float32)  # the mean over the whole batch
+        gradients = [tf.add_n(list(g)) * scale for g in zip(*(p[2] for p in parts))]
+        optimizer.apply_gradients(zip(gradients, variables))
+        return tf.add_n([p[0] for p in parts]) * scale, tf.add_n([p[1] for p in parts])
 
     cached[slices] = lambda images, labels: step(tf.convert_to_tensor(images, tf.float32),
                                                  tf.convert_to_tensor(labels, tf.int32))
