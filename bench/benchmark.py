@@ -91,7 +91,7 @@ def time_to_accuracy(settings):
         summaries.close()
         settings.epochs = target_epochs
     started = time.perf_counter()
-    model.predict(x_test, batch_size=1000, verbose=0)
+    rnn_mnist.predict(model, x_test)
     predict_rate = len(x_test) / (time.perf_counter() - started)
     return curve, reached, predict_rate
 
@@ -118,7 +118,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     settings = default_settings(args.data, args.epochs)
-    rnn_mnist.configure_threads(settings.intra_op_threads, settings.inter_op_threads)
+    rnn_mnist.configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
               "cores": os.cpu_count(), "batch_size": settings.batch_size, "units": settings.units,
               "cell": settings.cell, "samples_per_second": round(throughput(settings))}

@@ -1,6 +1,7 @@
 """Never lose training: checkpoints, signals, resume, and a loss that blows up."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_pa
                         "--run-name", "nan", *SMALL])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
-    assert "the loss became nan" in err and "keeping the last good checkpoint" in err
+    assert re.search(r"the loss became (nan|inf|-inf) ", err), err
+    assert "keeping the last good checkpoint" in err
     assert "Traceback" not in err
     checkpoints = str(tmp_path / "nan" / "checkpoints")
     import tensorflow as tf
