@@ -2,10 +2,12 @@
 
     python bench/benchmark.py --data ../shared/data/mnist.npz
     python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only
+    python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only --slices 1
     python bench/benchmark.py --data ../shared/data/mnist.npz \
         --torch-python ../torch-venv/bin/python --torch-peer ../shared/bench/torch_peer.py
 
 Prints one JSON object. Training runs the default settings of `rnn_mnist.py`
+(or those its training flags, given after the benchmark's own, change)
 through its own training loop, one epoch at a time, and tests after each epoch
 (only here, to time the accuracy: a real run tests once, at the end). With
 --torch-python, the PyTorch peer trains the same model at the same batch size
@@ -40,8 +42,10 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def default_settings(data, epochs=None):
-    settings = rnn_mnist.build_parser().parse_args(["--data", data, "--quiet", "--figures-every", "0"])
+def default_settings(data, epochs=None, flags=()):
+    """rnn_mnist.py's training settings: its defaults, or changed by its own `flags`."""
+    settings = rnn_mnist.build_parser().parse_args(["--data", data, "--quiet", "--figures-every", "0",
+                                                   *flags])
     settings.run_name = "benchmark"
     if epochs:
         settings.epochs = epochs
@@ -115,13 +119,14 @@ def main(argv=None):
     parser.add_argument("--torch-peer", default=os.path.join("..", "shared", "bench", "torch_peer.py"),
                         help="the PyTorch peer script")
     parser.add_argument("--torch-epochs", type=int, default=2, help="epochs of the PyTorch peer")
-    args = parser.parse_args(argv)
+    args, flags = parser.parse_known_args(argv)  # the rest: rnn_mnist.py's own training flags
 
-    settings = default_settings(args.data, args.epochs)
+    settings = default_settings(args.data, args.epochs, flags)
     rnn_mnist.configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
-              "cores": os.cpu_count(), "batch_size": settings.batch_size, "units": settings.units,
-              "cell": settings.cell, "samples_per_second": round(throughput(settings))}
+              "cores": os.cpu_count(), "flags": flags, "batch_size": settings.batch_size,
+              "units": settings.units, "cell": settings.cell, "slices": settings.slices,
+              "samples_per_second": round(throughput(settings))}
     if args.torch_python:
         epochs = torch_peer(args.torch_python, args.torch_peer, args.data, settings.batch_size,
                             args.torch_epochs)
