@@ -96,3 +96,13 @@ def test_the_readout_after_the_last_row_is_the_prediction():
     readout = np.asarray(rnn_mnist.readout_model(model)(x))
     assert readout.shape == (4, rnn_mnist.TIMESTEPS, rnn_mnist.NUM_CLASSES)
     np.testing.assert_allclose(readout[:, -1], np.asarray(model(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 3])
+def test_prediction_in_slices_and_batches_matches_the_model(slices):
+    """evaluate and predict cut the images into batches and slices; the answers must not change."""
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=16)
+    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=23, n_test=1)["x_train"])
+    p = rnn_mnist.predict(model, x, batch_size=10, slices=slices)
+    np.testing.assert_allclose(p, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    assert rnn_mnist.predict(model, x[:0]).shape == (0, rnn_mnist.NUM_CLASSES)
