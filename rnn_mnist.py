@@ -389,8 +389,8 @@ def scores(probabilities, labels):
 
 def predict(model, x, batch_size=1000, slices=2):
     """Class probabilities for `x`, a batch at a time; like training, each batch is cut
-    into slices that run side by side, which keeps both cores busy (twice Keras's
-    `model.predict` on this CPU)."""
+    into slices that run side by side, which keeps both cores busy (1.7 times as many
+    images/s as Keras's `model.predict` on this CPU)."""
     cached = PREDICTORS.setdefault(model, {})
     if slices not in cached:
         @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
