@@ -387,6 +387,12 @@ def scores(probabilities, labels):
             "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
 
 
+def slice_bounds(n, slices):
+    """(start, end) of `slices` slices of n rows, as equal as can be (n may be a tensor)."""
+    edges = [n * k // slices for k in range(slices + 1)]
+    return list(zip(edges, edges[1:]))
+
+
 def predict(model, x, batch_size=1000, slices=2):
     """Class probabilities for `x`, a batch at a time; like training, each batch is cut
     into slices that run side by side, which keeps both cores busy (1.7 times as many
@@ -395,10 +401,8 @@ def predict(model, x, batch_size=1000, slices=2):
     if slices not in cached:
         @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
         def probabilities(images):
-            n = tf.shape(images)[0]
-            bounds = [n * k // slices for k in range(slices + 1)]
             return tf.concat([model(images[start:end], training=False)
-                              for start, end in zip(bounds, bounds[1:])], axis=0)
+                              for start, end in slice_bounds(tf.shape(images)[0], slices)], axis=0)
         cached[slices] = probabilities
     x = np.asarray(x, np.float32)
     if not len(x):
@@ -581,9 +585,8 @@ def training_step(model, slices=2):
     @tf.function(input_signature=signature)
     def step(images, labels):
         n = tf.shape(images)[0]
-        bounds = [n * k // slices for k in range(slices + 1)]
         parts = [slice_gradients(images[start:end], labels[start:end])
-                 for start, end in zip(bounds, bounds[1:])]
+                 for start, end in slice_bounds(n, slices)]
         scale = 1.0 / tf.cast(n, tf.float32)  # the mean over the whole batch
         gradients = [tf.add_n(list(g)) * scale for g in zip(*(p[2] for p in parts))]
         optimizer.apply_gradients(zip(gradients, variables))
