@@ -92,6 +92,8 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 DEFAULT_LOGDIR = "Visualize"
 MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
 EXIT_USAGE = 2
+INTRA_OP_THREADS = 1  # threads per TensorFlow operation: this model's are too small to split
+INTER_OP_THREADS = 2  # operations at once: the two slices of a batch, one per core
 
 
 class UsageError(Exception):
@@ -393,25 +395,40 @@ def slice_bounds(n, slices):
     return list(zip(edges, edges[1:]))
 
 
+def rows_spec(model, name=None):
+    """The signature of a batch of images for `model`'s traced functions: [N, rows, pixels]."""
+    return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=name)
+
+
+def traced_once(model, key, build):
+    """The function `build()` makes for `model`, made once per (model, key): tracing one
+    of this model's graphs takes seconds."""
+    made = TRACED.setdefault(model, {})
+    if key not in made:
+        made[key] = build()
+    return made[key]
+
+
+TRACED = weakref.WeakKeyDictionary()  # model -> {key: its traced function}
+
+
 def predict(model, x, batch_size=1000, slices=2):
     """Class probabilities for `x`, a batch at a time; like training, each batch is cut
     into slices that run side by side, which keeps both cores busy (1.7 times as many
     images/s as Keras's `model.predict` on this CPU)."""
-    cached = PREDICTORS.setdefault(model, {})
-    if slices not in cached:
-        @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+    def build():
+        @tf.function(input_signature=[rows_spec(model)])
         def probabilities(images):
             return tf.concat([model(images[start:end], training=False)
                               for start, end in slice_bounds(tf.shape(images)[0], slices)], axis=0)
-        cached[slices] = probabilities
+        return probabilities
+
+    probabilities = traced_once(model, ("predict", slices), build)
     x = np.asarray(x, np.float32)
     if not len(x):
         return np.zeros((0, model.output_shape[-1]), np.float32)
-    return np.concatenate([cached[slices](x[start:start + batch_size]).numpy()
+    return np.concatenate([probabilities(x[start:start + batch_size]).numpy()
                            for start in range(0, len(x), batch_size)])
-
-
-PREDICTORS = weakref.WeakKeyDictionary()  # model -> {slices: its prediction function}
 
 
 def evaluate(model, x, y, batch_size=1000):
@@ -512,8 +529,7 @@ class SummaryBuffer:
 def log_model_graph(summaries, model):
     """The forward pass's graph, for TensorBoard's Graphs dashboard."""
     forward = tf.function(lambda rows: model(rows, training=False))
-    graph = forward.get_concrete_function(
-        tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="rows")).graph
+    graph = forward.get_concrete_function(rows_spec(model, name="rows")).graph
     with summaries.writers[""].as_default():
         tf.summary.graph(graph)
 
@@ -565,12 +581,12 @@ def training_step(model, slices=2):
     TensorFlow runs side by side, one per core. The loss is still the mean over the
     whole batch, so the gradient is the whole batch's (tested).
     """
-    cached = TRAINING_STEPS.setdefault(model, {})
-    if slices in cached:  # tracing the graph takes seconds: once per model
-        return cached[slices]
+    return traced_once(model, ("train", slices), lambda: build_training_step(model, slices))
+
+
+def build_training_step(model, slices):
     optimizer, variables = model.optimizer, model.trainable_variables
-    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),
-                 tf.TensorSpec((None,), tf.int32)]
+    signature = [rows_spec(model), tf.TensorSpec((None,), tf.int32)]
 
     @tf.function(input_signature=signature)
     def slice_gradients(images, labels):  # traced once, called once per slice
@@ -592,12 +608,8 @@ def training_step(model, slices=2):
         optimizer.apply_gradients(zip(gradients, variables))
         return tf.add_n([p[0] for p in parts]) * scale, tf.add_n([p[1] for p in parts])
 
-    cached[slices] = lambda images, labels: step(tf.convert_to_tensor(images, tf.float32),
-                                                 tf.convert_to_tensor(labels, tf.int32))
-    return cached[slices]
-
-
-TRAINING_STEPS = weakref.WeakKeyDictionary()  # model -> {slices: its training step}
+    return lambda images, labels: step(tf.convert_to_tensor(images, tf.float32),
+                                       tf.convert_to_tensor(labels, tf.int32))
 
 
 def learning_rate_now(model):
@@ -1178,10 +1190,12 @@ def build_parser():
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                           help="cosine: decay the rate to zero over the run; constant: keep it")
     training.add_argument("--seed", type=non_negative_int, default=1, metavar="N", help="seed for weights and shuffling")
-    training.add_argument("--intra-op-threads", type=non_negative_int, default=1, metavar="N",
+    training.add_argument("--intra-op-threads", type=non_negative_int, default=INTRA_OP_THREADS,
+                          metavar="N",
                           help="threads that share one TensorFlow operation (0: TensorFlow's "
                                "choice); this model's operations are too small to split well")
-    training.add_argument("--inter-op-threads", type=non_negative_int, default=2, metavar="N",
+    training.add_argument("--inter-op-threads", type=non_negative_int, default=INTER_OP_THREADS,
+                          metavar="N",
                           help="TensorFlow operations that may run at once (0: TensorFlow's choice)")
     training.add_argument("--slices", type=positive_int, default=2, metavar="N",
                           help="cut each batch into N slices that run side by side, one per "
@@ -1476,7 +1490,7 @@ def run(args, given):
     return metrics
 
 
-def configure_tensorflow(intra_op=1, inter_op=2):
+def configure_tensorflow(intra_op=INTRA_OP_THREADS, inter_op=INTER_OP_THREADS):
     """Set TensorFlow's thread pools (possible only before its first operation runs), and
     turn off its graph optimizer (Grappler): on this model's graphs it costs 1.3 s at
     the first step and gains nothing measurable afterwards (README, Performance)."""
