@@ -36,7 +36,11 @@ import weakref
 import zipfile
 
 
-def _import_tensorflow_quietly():
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def import_tensorflow_quietly():
     """Import TensorFlow with its start-up chatter held back; return what it said.
 
     TensorFlow 2.21 writes its oneDNN notice and absl warnings straight to file
@@ -51,7 +55,8 @@ def _import_tensorflow_quietly():
     with tempfile.TemporaryFile(mode="w+b") as held:
         os.dup2(held.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401  (the import is the point)
+            import keras  # noqa: F401  (imports TensorFlow, its backend)
+            import tensorflow  # noqa: F401
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)
@@ -64,12 +69,36 @@ def _import_tensorflow_quietly():
         return held.read().decode(errors="replace")
 
 
-TENSORFLOW_STARTUP_LOG = _import_tensorflow_quietly()
+class ImportedOnFirstUse:
+    """Stands for `tf` or `keras` until first used, then imports both and takes their place.
 
-import keras  # noqa: E402  (after the quiet TensorFlow import above)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+    Importing TensorFlow takes about 3 s, so `--help`, a misspelt command or a bad
+    flag would wait for it before saying a word. `importlib.util.LazyLoader` defers
+    an import the same way, but it gives no hold on the moment the module runs,
+    which is when TensorFlow's chatter has to be held back (above).
+    """
+
+    startup_log = None  # what TensorFlow said while it was imported
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getattr__(self, attribute):
+        return getattr(import_tensorflow()[self.name], attribute)
+
+
+def import_tensorflow():
+    """Import TensorFlow and Keras once, quietly; {"tf": ..., "keras": ...}."""
+    global tf, keras  # the stand-ins below give way to the real modules
+    if ImportedOnFirstUse.startup_log is None:
+        ImportedOnFirstUse.startup_log = import_tensorflow_quietly()
+        import keras as keras_module
+        import tensorflow as tf_module
+        tf, keras = tf_module, keras_module
+    return {"tf": tf, "keras": keras}
+
+
+tf, keras = ImportedOnFirstUse("tf"), ImportedOnFirstUse("keras")
 
 # ----------------------------------------------------------------------------
 # Constants: the facts of MNIST
@@ -348,8 +377,11 @@ def split_validation(x, y, size):
 # ----------------------------------------------------------------------------
 # Model
 
-RECURRENT_LAYERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
-RECURRENT_CLASS_NAMES = {layer.__name__ for layer in RECURRENT_LAYERS.values()}
+RECURRENT_CELLS = {"lstm": "LSTM", "gru": "GRU"}  # --cell -> its Keras layer class
+
+
+def recurrent_layer_classes():
+    return tuple(getattr(keras.layers, name) for name in RECURRENT_CELLS.values())
 
 
 def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1):
@@ -359,7 +391,7 @@ def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, lay
     through time, but one graph with no loop, which trains about 6% faster on a CPU
     than TensorFlow's while loop (README, Performance) and exports to TFLite as is.
     """
-    recurrent = RECURRENT_LAYERS[cell]
+    recurrent = getattr(keras.layers, RECURRENT_CELLS[cell])
     inputs = keras.Input(shape=input_shape, name="rows")
     x = inputs
     for i in range(layers):
@@ -435,22 +467,21 @@ def evaluate(model, x, y, batch_size=1000):
     return scores(predict(model, x, batch_size), y)
 
 
-class TrainingState(tf.Module):
+def training_state(model):
     """Everything a resumed run needs besides the data: the model, the optimizer, where
     training stands, and the best validation accuracy so far. Saved as one
     tf.train.Checkpoint, which writes atomically."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.optimizer = model.optimizer
-        self.epoch = tf.Variable(0, dtype=tf.int64)  # epochs finished
-        self.step_in_epoch = tf.Variable(0, dtype=tf.int64)  # batches done in the current one
-        self.epoch_sums = tf.Variable(tf.zeros(3, tf.float64))  # loss, correct, images so far
-        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64)
-        self.best_epoch = tf.Variable(0, dtype=tf.int64)
-        self.train_seconds = tf.Variable(0.0, dtype=tf.float64)
-        self.history = tf.Variable("[]")  # JSON list of the finished epochs' records
+    state = tf.Module()  # tracks what is assigned to it, for the checkpoint
+    state.model = model
+    state.optimizer = model.optimizer
+    state.epoch = tf.Variable(0, dtype=tf.int64)  # epochs finished
+    state.step_in_epoch = tf.Variable(0, dtype=tf.int64)  # batches done in the current one
+    state.epoch_sums = tf.Variable(tf.zeros(3, tf.float64))  # loss, correct, images so far
+    state.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64)
+    state.best_epoch = tf.Variable(0, dtype=tf.int64)
+    state.train_seconds = tf.Variable(0.0, dtype=tf.float64)
+    state.history = tf.Variable("[]")  # JSON list of the finished epochs' records
+    return state
 
 
 def checkpoint_manager(state, run_dir):
@@ -500,9 +531,6 @@ class SummaryBuffer:
     by TensorBoard), and "" for the run itself (config, hparams, test results).
     """
 
-    WRITE = {"scalar": tf.summary.scalar, "histogram": tf.summary.histogram,
-             "image": tf.summary.image, "text": tf.summary.text}
-
     def __init__(self, run_dir):
         self.writers = {name: tf.summary.create_file_writer(os.path.join(run_dir, name))
                         for name in ("", "train", "validation")}
@@ -516,7 +544,7 @@ class SummaryBuffer:
     def flush(self):
         for writer, kind, tag, value, step in self.pending:
             with self.writers[writer].as_default():
-                self.WRITE[kind](tag, value, step=step)
+                getattr(tf.summary, kind)(tag, value, step=step)  # scalar, histogram, image, text
         for writer in self.writers.values():
             writer.flush()
         self.pending = []
@@ -797,7 +825,7 @@ def rebuilt(model, change):
     configs of its recurrent layers, first to last."""
     config = model.get_config()
     change([layer["config"] for layer in config["layers"]
-            if layer["class_name"] in RECURRENT_CLASS_NAMES])
+            if layer["class_name"] in RECURRENT_CELLS.values()])
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
@@ -816,7 +844,7 @@ def gate_activations(model, x):
     layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
     reset after the recurrent product) equations.
     """
-    layer = next(layer for layer in model.layers if isinstance(layer, tuple(RECURRENT_LAYERS.values())))
+    layer = next(layer for layer in model.layers if isinstance(layer, recurrent_layer_classes()))
     kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
     units = recurrent_kernel.shape[0]
     h = np.zeros((len(x), units), np.float32)
@@ -1174,7 +1202,7 @@ def build_parser():
                       help="use only the first N training images (validation included), "
                            "for quick trials")
     model = parser.add_argument_group("model")
-    model.add_argument("--cell", choices=sorted(RECURRENT_LAYERS), default="lstm",
+    model.add_argument("--cell", choices=sorted(RECURRENT_CELLS), default="lstm",
                        help="recurrent cell: lstm, or gru (fewer gates, slightly faster)")
     model.add_argument("--units", type=positive_int, default=128, metavar="N",
                        help="units per recurrent layer")
@@ -1407,7 +1435,6 @@ def resume_command(settings):
 
 def run(args, given):
     """Load, train, test and record one run (or continue one); return its metrics."""
-    quiet_tensorflow(args.verbose)
     if args.resume is not None:
         settings, run_dir = resumed_settings(args, given)
     else:
@@ -1423,12 +1450,13 @@ def run(args, given):
     if args.resume is None:
         prepare_run_dir(run_dir)
 
+    quiet_tensorflow(settings.verbose)
     configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
     model, train_data, val_data = prepare_training(settings, x_train, y_train)
     x_test = as_sequences(x_test)
-    state = TrainingState(model)
+    state = training_state(model)
     if args.resume is not None:
         restore(state, run_dir)
         if int(state.epoch.numpy()) >= settings.epochs:
@@ -1503,8 +1531,10 @@ def configure_tensorflow(intra_op=INTRA_OP_THREADS, inter_op=INTER_OP_THREADS):
 
 
 def quiet_tensorflow(verbose):
+    """Import TensorFlow; with `verbose`, show what it said meanwhile, else keep its logger quiet."""
+    import_tensorflow()
     if verbose:
-        sys.stderr.write(TENSORFLOW_STARTUP_LOG)
+        sys.stderr.write(ImportedOnFirstUse.startup_log)
     else:
         tf.get_logger().setLevel("ERROR")
 

@@ -77,7 +77,7 @@ def throughput(settings, warmup=30, timed=300):
 def time_to_accuracy(settings):
     """Train with the default settings, testing after each epoch; training seconds per epoch."""
     model, train_data, val_data, (x_test, y_test) = prepared(settings)
-    state = rnn_mnist.TrainingState(model)
+    state = rnn_mnist.training_state(model)
     curve, reached = [], {}
     with tempfile.TemporaryDirectory() as run_dir:
         summaries = rnn_mnist.SummaryBuffer(run_dir)

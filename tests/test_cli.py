@@ -164,3 +164,33 @@ def test_readme_flag_tables_match_help(monkeypatch, command):
     for flag, default in in_help.items():
         if default not in (None, "None", "False"):
             assert in_readme[flag] == default, flag
+
+
+def modules_loaded_by(*argv):
+    """Run the script's command line in a fresh Python; return its output and whether
+    TensorFlow was imported by the time it finished."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = {['rnn_mnist.py', *argv]!r}\n"
+            "try:\n"
+            f"    runpy.run_path({os.path.join(REPO, 'rnn_mnist.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["export", "-h"],
+                                  ["--epochs", "0"], ["evaluate", "--json", "--bogus"]],
+                         ids=["help", "command-help", "short-help", "bad-flag", "unknown-flag"])
+def test_help_and_usage_mistakes_answer_without_importing_tensorflow(argv):
+    out, err = modules_loaded_by(*argv)
+    assert "usage:" in out or "error:" in err
+    assert err.splitlines()[-1] == "tensorflow imported: False"
+
+
+def test_importing_the_script_does_no_work():
+    done = subprocess.run([sys.executable, "-c", "import sys, rnn_mnist; print(sorted(m for m in "
+                           "('tensorflow', 'keras') if m in sys.modules))"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr
