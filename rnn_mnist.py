@@ -19,6 +19,7 @@ with TensorBoard logs, the resolved config, the best model and the test metrics.
 
 import argparse
 import datetime
+import difflib
 import gzip
 import hashlib
 import json
@@ -673,6 +674,7 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
 
     epochs_bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
                       unit="epoch", dynamic_ncols=True, disable=quiet)
+    batches_bar = None
     try:
         with StopRequest() as stop:
             for epoch in range(int(state.epoch.numpy()), settings.epochs):
@@ -745,7 +747,12 @@ def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False
                     epochs_bar.write(epoch_line(epoch + 1, settings.epochs, record))
                 epochs_bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
                 epochs_bar.update(1)
+    except BaseException:  # no half-drawn bar stays above the message on why training stopped
+        epochs_bar.leave = False
+        raise
     finally:
+        if batches_bar is not None:
+            batches_bar.close()
         epochs_bar.close()
     return history_of(state)
 
@@ -1014,6 +1021,19 @@ def load_trained_model(path, logdir=DEFAULT_LOGDIR):
     return model, path
 
 
+def model_line(path, picked):
+    """Which model a command uses, with its run and test accuracy, said before it answers."""
+    run_dir = os.path.dirname(path)
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            tested = f"test accuracy {json.load(f)['test_accuracy']:.2%}"
+    except (OSError, ValueError, KeyError, TypeError):
+        tested = "not tested: its run has not finished" if os.path.isfile(
+            os.path.join(run_dir, "config.json")) else "not trained in a run folder of this tool"
+    which = "the newest model in --logdir" if picked else "model"
+    return f"using {which}: {path} (run {os.path.basename(run_dir) or '.'}, {tested})"
+
+
 def confusion_matrix(labels, predicted, num_classes=NUM_CLASSES):
     """counts[true, predicted]."""
     counts = np.zeros((num_classes, num_classes), np.int64)
@@ -1090,10 +1110,10 @@ def write_png(path, image):
 
 
 def serving_function(model):
-    """uint8 images [N, 28, 28], 0-255, MNIST polarity -> class probabilities [N, 10]."""
+    """uint8 images [N, 28, 28], 0-255, MNIST polarity -> {"probabilities": [N, 10]}."""
     @tf.function(input_signature=[tf.TensorSpec([None, TIMESTEPS, FEATURES], tf.uint8, name="images")])
     def serve(images):
-        return model(tf.cast(images, tf.float32) / MAX_PIXEL, training=False)
+        return {"probabilities": model(tf.cast(images, tf.float32) / MAX_PIXEL, training=False)}
     return serve
 
 
@@ -1248,7 +1268,7 @@ def build_parser():
     output.add_argument("--figures-every", type=non_negative_int, default=1, metavar="EPOCHS",
                         help="draw the TensorBoard pictures (confusion matrix, mistakes, readout "
                              "and gates over the rows) every EPOCHS epochs (0: never)")
-    output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    output.add_argument("--quiet", action="store_true", help="no progress bars, epoch lines, resume line or summary")
     output.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's start-up and runtime log messages")
     return parser
@@ -1428,6 +1448,16 @@ def print_summary(metrics, run_dir, logdir):
     print(f"view it with: tensorboard --logdir {logdir}")
 
 
+def resume_line(state, settings, run_dir, n_train):
+    """Where a resumed run continues: its run, epoch and step, and the checkpoint."""
+    steps = -(-n_train // settings.batch_size)
+    epoch, step = int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy())
+    where = f"step {step + 1}/{steps} of epoch {epoch}/{settings.epochs}" if step else \
+        f"the start of epoch {epoch}/{settings.epochs}"
+    checkpoint = os.path.basename(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
+    return f"resuming run {settings.run_name} at {where} (checkpoint {checkpoint} in {run_dir})"
+
+
 def resume_command(settings):
     logdir = "" if settings.logdir == DEFAULT_LOGDIR else f" --logdir {settings.logdir}"
     return f"python rnn_mnist.py --resume {settings.run_name}{logdir}"
@@ -1462,6 +1492,8 @@ def run(args, given):
         if int(state.epoch.numpy()) >= settings.epochs:
             raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
                              "epochs; give --epochs a larger number to train it further")
+        if not settings.quiet:
+            print(resume_line(state, settings, run_dir, len(train_data[0])))
 
     config = dict(vars(settings), run_dir=run_dir, data_source=settings.data or settings.download_url,
                   train_images=len(train_data[0]), validation_images=len(val_data[0]),
@@ -1479,7 +1511,7 @@ def run(args, given):
                         quiet=settings.quiet)
     except Interrupted as stop:
         signum = stop.args[0]
-        print(f"\n{signal.Signals(signum).name} received: stopped at epoch "
+        print(f"{signal.Signals(signum).name} received: stopped at epoch "
               f"{int(state.epoch.numpy()) + 1}, step {int(state.step_in_epoch.numpy())}, "
               f"with a checkpoint saved in {run_dir}.\nresume with: {resume_command(settings)}",
               file=sys.stderr)
@@ -1545,6 +1577,7 @@ def evaluate_command(args):
     configure_tensorflow()
     model, path = load_trained_model(args.model, args.logdir)
     _, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
+    print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
     x = as_sequences(x_test)
     predict(model, x[:args.batch_size], args.batch_size)  # warm-up: tracing
     started = time.perf_counter()
@@ -1562,8 +1595,7 @@ def evaluate_command(args):
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"model {path}\n")
-        print(f"test accuracy {results['accuracy']:.2%}  loss {results['loss']:.4f}  "
+        print(f"\ntest accuracy {results['accuracy']:.2%}  loss {results['loss']:.4f}  "
               f"({results['images']:,} images, {results['images_per_second']:,.0f} images/s)\n")
         print(format_per_class(counts) + "\n")
         print("confusion matrix (rows: true digit, columns: predicted)")
@@ -1591,6 +1623,7 @@ def predict_command(args):
             raise UsageError(f"{clashes[0]} exists already or would be written twice; "
                              "give --show-input an empty folder")
     model, path = load_trained_model(args.model, args.logdir)
+    print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
     probabilities = predict(model, as_sequences(np.stack(inputs)))
     records = []
     for i, (picture, p) in enumerate(zip(args.images, probabilities)):
@@ -1618,15 +1651,19 @@ def export_command(args):
     out = args.out or os.path.join(os.path.dirname(path), "saved_model")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UsageError(f"{out} exists already; give --out a new folder")
+    print(model_line(path, args.model is None))
     try:
         written = export_model(model, out, tflite=args.tflite)
     except OSError as e:
         raise UsageError(f"cannot write {out} ({e.strerror}); give --out a folder you can write to") from None
-    print(f"exported {path}")
+    print("exported")
     for item in written:
         print(f"  {item}")
     print("serving signature 'serving_default': images uint8 [N, 28, 28] (0-255, white digit on "
           "black) -> probabilities float32 [N, 10]")
+    if args.tflite:
+        print("model.tflite: the same, one image at a time ([1, 28, 28]) until resized with "
+              "interpreter.resize_tensor_input(input_index, [N, 28, 28]) and allocate_tensors()")
     return {"model": path, "written": written}
 
 
@@ -1646,16 +1683,27 @@ def given_settings(argv, dests):
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not not_given}
 
 
+def split_command(argv):
+    """(command, its arguments): the first word names the command; without one, train."""
+    if not argv or argv[0].startswith("-"):
+        return "train", argv
+    if argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.5)
+    raise UsageError(f"'{argv[0]}' is not a command; " + (f"did you mean '{close[0]}'? " if close else "")
+                     + f"the commands are {', '.join(COMMANDS)} (python rnn_mnist.py COMMAND --help)")
+
+
 def main(argv=None):
     """Run one command (train when none is named) and return its results.
 
     A user's mistake prints one line and exits with status 2.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
-    build, execute = COMMANDS[command]
-    args = build().parse_args(argv)
     try:
+        command, argv = split_command(argv)
+        build, execute = COMMANDS[command]
+        args = build().parse_args(argv)
         if execute is not None:
             return execute(args)
         return run(args, given_settings(argv, vars(args)))

@@ -194,3 +194,15 @@ def test_importing_the_script_does_no_work():
                            "('tensorflow', 'keras') if m in sys.modules))"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize("word,suggestion", [("evalute", "did you mean 'evaluate'? "),
+                                             ("prdict", "did you mean 'predict'? "),
+                                             ("xyzzy", "")])
+def test_a_misspelt_command_is_named_with_the_nearest_one(capsys, word, suggestion):
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main([word, "--model", "m.keras"])
+    assert exit_.value.code == 2
+    commands = ", ".join(rnn_mnist.COMMANDS)
+    assert capsys.readouterr().err == (f"rnn_mnist.py: error: '{word}' is not a command; {suggestion}"
+                                       f"the commands are {commands} (python rnn_mnist.py COMMAND --help)\n")

@@ -48,10 +48,10 @@ def slow_npz(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz, signum):
+def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz, capsys, signum):
     logs = tmp_path / "logs"
     argv = ["--data", slow_npz, "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "50",
-            "--logdir", str(logs), "--run-name", "stopped", *SMALL]
+            "--logdir", str(logs), "--run-name", "stopped", *SMALL[:-1]]  # with the progress bars
     process = start(*argv, cwd=tmp_path)
     wait_for_checkpoint(str(logs / "stopped"), 50, process)
     process.send_signal(signum)
@@ -59,10 +59,17 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_
     assert process.returncode == 128 + signum
     assert f"resume with: python rnn_mnist.py --resume stopped --logdir {logs}" in err
     assert "Traceback" not in err
+    # the bars were wiped (carriage returns, blanks, cursor moves) before the message
+    on_its_line = err[:err.index(f"{signal.Signals(signum).name} received")].rsplit("\n", 1)[-1]
+    assert re.fullmatch(r"(\r| |\x1b\[A)*", on_its_line), repr(on_its_line)
     stopped_at = latest_checkpoint_step(str(logs / "stopped"))
     assert 50 <= stopped_at < 2 * 250  # saved mid-run, after the last batch it finished
 
-    metrics = rnn_mnist.main(["--resume", "stopped", "--logdir", str(logs), "--quiet"])
+    metrics = rnn_mnist.main(["--resume", "stopped", "--logdir", str(logs), "--figures-every", "0"])
+    epoch, step = divmod(stopped_at, 250)
+    where = f"step {step + 1}/250 of epoch {epoch + 1}/2" if step else f"the start of epoch {epoch + 1}/2"
+    assert capsys.readouterr().out.startswith(
+        f"resuming run stopped at {where} (checkpoint ckpt-{stopped_at} in {logs / 'stopped'})\n")
     assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
     assert latest_checkpoint_step(str(logs / "stopped")) == 2 * 250
 

@@ -75,8 +75,9 @@ def test_predict_prints_a_digit_per_picture_and_json(tmp_path, trained, capsys):
         pictures.append(str(tmp_path / name))
     records = rnn_mnist.main(["predict", *pictures, "--model", trained["model"], "--json",
                               "--show-input", str(tmp_path / "seen")])
-    lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line) for line in lines] == records
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == records
+    assert err == model_line(trained["model"], picked=False) + "\n"  # beside the JSON, not in it
     for record in records:
         assert 0 <= record["digit"] <= 9
         assert record["probability"] == pytest.approx(max(record["probabilities"]), abs=1e-6)
@@ -86,14 +87,27 @@ def test_predict_prints_a_digit_per_picture_and_json(tmp_path, trained, capsys):
     np.testing.assert_array_equal(seen[..., 0], rnn_mnist.to_mnist_form(drawn_digit()))
 
     rnn_mnist.main(["predict", pictures[0], "--model", trained["model"]])
-    line = capsys.readouterr().out.strip()
+    said, line = capsys.readouterr().out.strip().splitlines()
+    assert said == model_line(trained["model"], picked=False)
     assert line.startswith(f"{pictures[0]}: {records[0]['digit']}  (") and "then" in line
 
 
-def test_predict_uses_the_newest_model_in_logdir(tmp_path, trained, capsys):
+def model_line(path, picked):
+    """What a command says of the model it uses: the run and its test accuracy."""
+    run = os.path.dirname(path)
+    accuracy = json.load(open(os.path.join(run, "metrics.json")))["test_accuracy"]
+    which = "the newest model in --logdir" if picked else "model"
+    return f"using {which}: {path} (run {os.path.basename(run)}, test accuracy {accuracy:.2%})"
+
+
+def test_predict_and_export_say_which_model_they_picked(tmp_path, trained, capsys):
     write_picture(tmp_path / "a.png", drawn_digit())
     records = rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--logdir", trained["logdir"]])
     assert len(records) == 1
+    newest = os.path.join(trained["logdir"], "r", "model.keras")
+    assert capsys.readouterr().out.splitlines()[0] == model_line(newest, picked=True)
+    rnn_mnist.main(["export", "--logdir", trained["logdir"], "--out", str(tmp_path / "exported")])
+    assert capsys.readouterr().out.splitlines()[0] == model_line(newest, picked=True)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -160,7 +174,7 @@ FRESH_PROCESS = """
 import sys, numpy as np, tensorflow as tf
 images = np.load(sys.argv[2])
 served = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](images=tf.constant(images))
-np.save(sys.argv[3], list(served.values())[0].numpy())
+np.save(sys.argv[3], served["probabilities"].numpy())
 lite = tf.lite.Interpreter(model_path=sys.argv[1] + "/model.tflite")
 lite.resize_tensor_input(lite.get_input_details()[0]["index"], images.shape)
 lite.allocate_tensors()
