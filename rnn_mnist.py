@@ -35,6 +35,7 @@ import urllib.error
 import urllib.request
 import weakref
 import zipfile
+import zlib
 
 
 import numpy as np
@@ -843,15 +844,19 @@ def readout_model(model):
     return rebuilt(model, lambda recurrent: recurrent[-1].update(return_sequences=True))
 
 
-def gate_activations(model, x):
-    """Mean gate activations per timestep of the first recurrent layer: {name: [N, T]},
+def unit_trace(model, x):
+    """Per unit and row, the gates and state of the last recurrent layer: {name: [N, T, units]},
     and that layer's output after the last step, [N, units].
 
     Keras does not expose the gates, so the cell is run again here in NumPy from the
     layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
-    reset after the recurrent product) equations.
+    reset after the recurrent product) equations. The state is shown squashed into
+    [-1, 1] as the cell itself squashes it: tanh(c) for an LSTM, h for a GRU.
     """
-    layer = next(layer for layer in model.layers if isinstance(layer, recurrent_layer_classes()))
+    recurrent = [layer for layer in model.layers if isinstance(layer, recurrent_layer_classes())]
+    layer = recurrent[-1]
+    if len(recurrent) > 1:  # the last layer reads the rows as the layer below it gives them
+        x = np.asarray(keras.Model(model.inputs[0], recurrent[-2].output)(x))
     kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
     units = recurrent_kernel.shape[0]
     h = np.zeros((len(x), units), np.float32)
@@ -863,7 +868,7 @@ def gate_activations(model, x):
 
     def record(**values):
         for name, value in values.items():
-            trace.setdefault(name, []).append(value.mean(axis=1))
+            trace.setdefault(name.replace("_", " "), []).append(value)
 
     for t in range(x.shape[1]):
         if isinstance(layer, keras.layers.LSTM):
@@ -872,15 +877,50 @@ def gate_activations(model, x):
             i, f, o = sigmoid(i), sigmoid(f), sigmoid(o)
             c = f * c + i * np.tanh(g)
             h = o * np.tanh(c)
-            record(input_gate=i, forget_gate=f, output_gate=o, cell_state=np.abs(c))
+            record(input_gate=i, forget_gate=f, output_gate=o, cell_state=np.tanh(c))
         else:
             input_bias, recurrent_bias = bias if bias.ndim == 2 else (bias, np.zeros_like(bias))
             xz, xr, xh = np.split(x[:, t] @ kernel + input_bias, 3, axis=1)
             hz, hr, hh = np.split(h @ recurrent_kernel + recurrent_bias, 3, axis=1)
             update, reset = sigmoid(xz + hz), sigmoid(xr + hr)
             h = update * h + (1 - update) * np.tanh(xh + reset * hh)
-            record(update_gate=update, reset_gate=reset, hidden_state=np.abs(h))
+            record(update_gate=update, reset_gate=reset, hidden_state=h)
     return {name: np.stack(values, axis=1) for name, values in trace.items()}, h
+
+
+UNITS_PER_DIGIT = 4  # units shown for each digit in the pictures of the state
+
+
+def voting_units(model, per_digit=UNITS_PER_DIGIT):
+    """The units shown in the pictures of the state, and the digit each is shown for.
+
+    For each digit, the `per_digit` units of the last recurrent layer with the largest
+    weight into that digit's softmax input: the units its answer is read from, so a
+    drawn 3 lights up the 3's units and a 7 the 7's. An average over all units (what
+    this picture showed first) looks nearly alike for every digit. The choice follows
+    from the weights alone, so the page needs no data to make it.
+    """
+    kernel = np.asarray(model.layers[-1].get_weights()[0])  # [units, classes]
+    top = np.argsort(-kernel, axis=0)[:min(per_digit, len(kernel))]  # [per_digit, classes]
+    return top.T.reshape(-1), np.repeat(np.arange(kernel.shape[1]), len(top))
+
+
+def how_it_reads(model, x):
+    """What the pictures and the page show of digits x [N, rows, pixels] in [0, 1]:
+    "readout", the class probabilities after each row [N, T, classes]; "state", the shown
+    units' gates and state after each row, {name: [N, T, K]}; "units" and "unit_digits",
+    which units those are and the digit each votes for."""
+    readout = traced_once(model, "readout", lambda: traced_readout(model))
+    trace, _ = unit_trace(model, x)
+    units, digits = voting_units(model)
+    return {"readout": readout(np.asarray(x, np.float32)).numpy(),
+            "state": {name: values[..., units] for name, values in trace.items()},
+            "units": units, "unit_digits": digits}
+
+
+def traced_readout(model):
+    copy = readout_model(model)
+    return tf.function(lambda rows: copy(rows, training=False), input_signature=[rows_spec(model)])
 
 
 def draw_rows(images, captions, panels, title, per_line=2):
@@ -897,10 +937,11 @@ def draw_rows(images, captions, panels, title, per_line=2):
     rows = images.shape[1]
     # heat-map columns are widened so a panel spans about a digit's width (at most 10 px each)
     cells = [min(10, -(-images.shape[2] // values.shape[2])) for _, values, *_ in panels]
-    ticks = []
+    ticks, names = [], []
     left = images.shape[2] + 2
     for (name, values, labels, cmap, limits), cell in zip(panels, cells):
         ticks += [(left + cell * k + (cell - 1) / 2, str(label)) for k, label in enumerate(labels)]
+        names.append((left + values.shape[2] * cell / 2, name))
         left += values.shape[2] * cell + 2
     n = len(images)
     lines = -(-n // per_line)
@@ -916,15 +957,22 @@ def draw_rows(images, captions, panels, title, per_line=2):
             coloured = colormaps[cmap](np.clip((values[i] - low) / (high - low), 0, 1))[..., :3]
             strip += [np.repeat(coloured, cell, axis=1), np.ones((rows, 2, 3))]
         ax.imshow(np.concatenate(strip[:-1], axis=1), interpolation="nearest")
-        ax.set_title(captions[i], fontsize=9)
+        named = len(panels) > 1 and i < per_line  # which panel is which, over the first line
+        ax.set_title(captions[i], fontsize=9, pad=14 if named else 6)
         for x, label in ticks:
             ax.text(x, rows + 0.6, label, ha="center", va="top", fontsize=6)
         ax.text(-1, 0, "row 0", ha="right", va="center", fontsize=6)
         ax.text(-1, rows - 1, f"row {rows - 1}", ha="right", va="center", fontsize=6)
-    for name, values, labels, cmap, (low, high) in panels:
+        if named:
+            for x, name in names:
+                ax.text(x, -1.2, name, ha="center", va="bottom", fontsize=7)
+    scales = {}  # one colour bar for the panels that share a colour scale
+    for name, values, labels, cmap, limits in panels:
+        scales.setdefault((cmap, limits), []).append(name)
+    for (cmap, (low, high)), named in scales.items():
         bar = figure.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=axes.tolist(),
                               location="bottom", fraction=0.04, aspect=40, pad=0.02)
-        bar.set_label(name, fontsize=8)
+        bar.set_label(", ".join(named), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return figure_to_image(figure)
 
@@ -947,21 +995,19 @@ def epoch_pictures(model, x_val, y_val, probabilities, epoch):
     images, labels = x_val[shown], y_val[shown]
     captions = [f"a {label}, read as {guess} ({p:.0%})" for label, guess, p in
                 zip(labels, predicted[shown], probabilities[shown].max(axis=1))]
-    readout = np.asarray(readout_model(model).predict(images, verbose=0))
+    read = how_it_reads(model, images)
     pictures["readout_over_rows"] = draw_rows(
         images, captions,
-        [("P(digit) after each row", readout, list(range(NUM_CLASSES)), "viridis", (0, 1))],
+        [("P(digit) after each row", read["readout"], list(range(NUM_CLASSES)), "viridis", (0, 1))],
         f"epoch {epoch}: the prediction forming as the rows are read, top to bottom")
-    gates, _ = gate_activations(model, images)
-    names = list(gates)
-    stacked = np.stack([gates[name] for name in names], axis=2)
-    state = stacked[..., -1:]
+    first_of_group = np.r_[True, read["unit_digits"][1:] != read["unit_digits"][:-1]]
+    labels = [str(d) if first else "" for d, first in zip(read["unit_digits"], first_of_group)]
     pictures["gates_over_rows"] = draw_rows(
-        images, captions, [("gates (mean)", stacked[..., :-1],
-                          [n.replace("_gate", "") for n in names[:-1]], "magma", (0, 1)),
-                         (f"|{names[-1].replace('_', ' ')}|", state, [names[-1].split('_')[0]], "cividis",
-                          (0, max(float(state.max()), 1e-6)))],
-        f"epoch {epoch}: gates of the first {type(model.layers[1]).__name__} layer, row by row")
+        images, captions,
+        [(name, values, labels, "magma" if "gate" in name else "RdBu_r",
+          (0, 1) if "gate" in name else (-1, 1)) for name, values in read["state"].items()],
+        f"epoch {epoch}: units of the last {type(model.layers[-2]).__name__} layer, row by row, "
+        f"{UNITS_PER_DIGIT} for each digit (those that vote most for it)", per_line=1)
     return pictures
 
 
@@ -1092,17 +1138,48 @@ def to_mnist_form(pixels):
     return np.round(frame).astype(np.uint8)
 
 
+MAX_PICTURE_SIDE = 4096  # pixels: a phone's photo fits; a decompression bomb does not
+
+
 def read_picture(path):
-    """Decode a PNG, JPEG, BMP or GIF (its first frame) into [H, W, C] uint8 pixels."""
+    """Decode a PNG, JPEG, BMP or GIF file (its first frame) into [H, W, C] uint8 pixels."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {path} ({e.strerror}); give a PNG, JPEG, BMP or GIF file") from None
+    return decode_picture(data, path)
+
+
+def decode_picture(data, name):
+    """Decode the bytes of a PNG, JPEG, BMP or GIF picture into [H, W, C] uint8 pixels;
+    `name` says what the bytes are in a message, e.g. the file's path."""
+    def refuse_larger(height, width):
+        if max(height, width) > MAX_PICTURE_SIDE:
+            raise UsageError(f"{name} is {width}x{height} pixels, larger than the {MAX_PICTURE_SIDE}x"
+                             f"{MAX_PICTURE_SIDE} this tool reads; give a smaller picture")
     try:
-        return tf.io.decode_image(data, expand_animations=False).numpy()
+        refuse_larger(*declared_size(data))
+        pixels = tf.io.decode_image(data, expand_animations=False).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError):
-        raise UsageError(f"{path} is not a PNG, JPEG, BMP or GIF image; give a picture of a digit") from None
+        raise UsageError(f"{name} is not a PNG, JPEG, BMP or GIF image; give a picture of a digit") from None
+    refuse_larger(*pixels.shape[:2])
+    return pixels
+
+
+def declared_size(data):
+    """(height, width) that a PNG or JPEG header declares, (0, 0) for other pictures.
+
+    Read before decoding, because a PNG of a few kilobytes can unpack into gigabytes;
+    a PNG header counts only if its checksum holds, so noise is not taken for a size.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 33 and data[12:16] == b"IHDR" \
+            and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] == b"\xff\xd8":
+        height, width, _ = tf.image.extract_jpeg_shape(data).numpy()
+        return int(height), int(width)
+    return 0, 0
 
 
 def write_png(path, image):

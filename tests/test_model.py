@@ -74,20 +74,36 @@ def test_cosine_schedule_decays_to_zero():
         assert rnn_mnist.learning_rate_now(model) == pytest.approx(rate, rel=1e-3, abs=1e-9)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_the_gates_shown_in_tensorboard_come_from_the_real_cell(cell):
-    """The pictures recompute the cell in NumPy; its output must be the layer's own."""
+@pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
+def test_the_units_shown_come_from_the_real_cell(cell, layers):
+    """The pictures recompute the last recurrent layer in NumPy; its output must be the layer's own."""
     import keras
     keras.utils.set_random_seed(3)
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell, units=12)
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell, units=12,
+                                 layers=layers)
     x = rnn_mnist.as_sequences(synthetic_mnist(n_train=6, n_test=1)["x_train"])
-    gates, last = rnn_mnist.gate_activations(model, x)
-    layer_output = keras.Model(model.inputs[0], model.layers[1].output)(x)
+    trace, last = rnn_mnist.unit_trace(model, x)
+    layer_output = keras.Model(model.inputs[0], model.layers[-2].output)(x)
     np.testing.assert_allclose(last, np.asarray(layer_output), atol=1e-5)
-    for name, values in gates.items():
-        assert values.shape == (6, rnn_mnist.TIMESTEPS), name
-        if name.endswith("_gate"):
-            assert (values >= 0).all() and (values <= 1).all()
+    for name, values in trace.items():
+        assert values.shape == (6, rnn_mnist.TIMESTEPS, 12), name
+        low = 0 if name.endswith("gate") else -1
+        assert (values >= low).all() and (values <= 1).all(), name
+    assert values.std(axis=2).mean() > 0  # units differ from each other: no mean over them
+
+
+def test_the_units_shown_for_a_digit_are_those_that_vote_most_for_it():
+    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=32)
+    units, digits = rnn_mnist.voting_units(model, per_digit=3)
+    assert list(digits) == [d for d in range(10) for _ in range(3)]
+    kernel = model.layers[-1].get_weights()[0]
+    for digit in range(10):
+        shown = units[digits == digit]
+        others = np.setdiff1d(np.arange(32), shown)
+        assert kernel[shown, digit].min() > kernel[others, digit].max()
+    read = rnn_mnist.how_it_reads(model, rnn_mnist.as_sequences(synthetic_mnist(4, 1)["x_train"]))
+    shown = rnn_mnist.UNITS_PER_DIGIT * rnn_mnist.NUM_CLASSES
+    assert all(v.shape == (4, rnn_mnist.TIMESTEPS, shown) for v in read["state"].values())
 
 
 def test_the_readout_after_the_last_row_is_the_prediction():
