@@ -68,6 +68,77 @@ def real_mnist():
     return REAL_MNIST
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model trained on synthetic digits, in a run folder."""
+    folder = tmp_path_factory.mktemp("trained")
+    data = folder / "tiny.npz"
+    np.savez(data, **synthetic_mnist())
+    import rnn_mnist
+    rnn_mnist.main(["--data", str(data), "--epochs", "2", "--batch-size", "32", "--units", "8",
+                    "--validation-size", "40", "--logdir", str(folder / "runs"), "--run-name", "r",
+                    "--quiet"])
+    return {"data": str(data), "logdir": str(folder / "runs"),
+            "model": str(folder / "runs" / "r" / "model.keras")}
+
+
+def write_picture(path, pixels):
+    import tensorflow as tf
+    encode = tf.io.encode_jpeg if str(path).endswith(".jpg") else tf.io.encode_png
+    tf.io.write_file(str(path), encode(pixels))
+
+
+def drawn_digit(height=160, width=120, ink=(20, 20, 20), paper=(250, 245, 235)):
+    """An RGB picture of a thick '7', dark ink on light paper, off-centre on a large canvas."""
+    picture = np.empty((height, width, 3), np.uint8)
+    picture[:] = paper
+    picture[30:42, 20:90] = ink  # the top bar
+    for row in range(42, 130):  # the stroke down and to the left
+        col = 90 - (row - 42) * 45 // 88
+        picture[row, col - 6:col + 6] = ink
+    return picture
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory):
+    """A model trained quickly on a slice of the real MNIST: 20,000 images, 3 epochs."""
+    if not os.path.isfile(REAL_MNIST):
+        pytest.skip(f"the real MNIST file {REAL_MNIST} is absent (set RNN_MNIST_DATA to its path)")
+    import rnn_mnist
+    runs = tmp_path_factory.mktemp("real")
+    rnn_mnist.main(["--data", REAL_MNIST, "--max-train-samples", "20000", "--validation-size", "2000",
+                    "--epochs", "3", "--units", "64", "--learning-rate", "5e-3",
+                    "--logdir", str(runs), "--run-name", "real", "--quiet"])
+    return str(runs / "real" / "model.keras")
+
+
+def as_user_picture(digit, path, rng):
+    """An MNIST digit as someone would photograph it: black on white, bigger, RGB, off-centre, JPEG."""
+    import tensorflow as tf
+    big = tf.image.resize(digit[..., None].astype(np.float32), (84, 84)).numpy()[..., 0]
+    canvas = np.full((200, 150), 255.0, np.float32)
+    top, left = rng.integers(5, 200 - 84 - 5), rng.integers(5, 150 - 84 - 5)
+    canvas[top:top + 84, left:left + 84] = 255 - np.clip(big, 0, 255)
+    rgb = np.repeat(canvas[..., None], 3, axis=-1) * np.array([1.0, 0.97, 0.92], np.float32)
+    tf.io.write_file(path, tf.io.encode_jpeg(np.round(rgb).astype(np.uint8), quality=85))
+
+
+@pytest.fixture(scope="session")
+def user_pictures(tmp_path_factory):
+    """The first 200 test digits as people's pictures (JPEG files), and their labels."""
+    if not os.path.isfile(REAL_MNIST):
+        pytest.skip(f"the real MNIST file {REAL_MNIST} is absent (set RNN_MNIST_DATA to its path)")
+    folder = tmp_path_factory.mktemp("pictures")
+    with np.load(REAL_MNIST) as npz:
+        digits, labels = npz["x_test"][:200], npz["y_test"][:200]
+    rng = np.random.default_rng(0)
+    pictures = []
+    for i, digit in enumerate(digits):
+        pictures.append(str(folder / f"digit{i:03d}.jpg"))
+        as_user_picture(digit, pictures[-1], rng)
+    return pictures, labels
+
+
 def pytest_configure(config):
     # Keras 3.15 calls np.array(tensor) in a way NumPy 2 warns about; it is not ours to fix.
     config.addinivalue_line("filterwarnings",

@@ -33,29 +33,9 @@ def test_idx_files_made_from_the_real_data_read_back_identical(tmp_path, real_mn
     assert len(os.listdir(folder)) == 4
 
 
-def as_user_picture(digit, path, rng):
-    """An MNIST digit as someone would photograph it: black on white, bigger, RGB, off-centre, JPEG."""
-    import tensorflow as tf
-    big = tf.image.resize(digit[..., None].astype(np.float32), (84, 84)).numpy()[..., 0]
-    canvas = np.full((200, 150), 255.0, np.float32)
-    top, left = rng.integers(5, 200 - 84 - 5), rng.integers(5, 150 - 84 - 5)
-    canvas[top:top + 84, left:left + 84] = 255 - np.clip(big, 0, 255)
-    rgb = np.repeat(canvas[..., None], 3, axis=-1) * np.array([1.0, 0.97, 0.92], np.float32)
-    tf.io.write_file(path, tf.io.encode_jpeg(np.round(rgb).astype(np.uint8), quality=85))
-
-
-def test_predict_reads_test_digits_drawn_as_user_pictures(tmp_path, real_mnist, capsys):
-    rnn_mnist.main(["--data", real_mnist, "--max-train-samples", "20000", "--validation-size", "2000",
-                    "--epochs", "3", "--units", "64", "--learning-rate", "5e-3",
-                    "--logdir", str(tmp_path / "runs"), "--run-name", "real", "--quiet"])
-    model = str(tmp_path / "runs" / "real" / "model.keras")
-    with np.load(real_mnist) as npz:
-        digits, labels = npz["x_test"][:200], npz["y_test"][:200]
-    rng = np.random.default_rng(0)
-    pictures = []
-    for i, digit in enumerate(digits):
-        pictures.append(str(tmp_path / f"digit{i:03d}.jpg"))
-        as_user_picture(digit, pictures[-1], rng)
+def test_predict_reads_test_digits_drawn_as_user_pictures(real_model, user_pictures, real_mnist, capsys):
+    model = real_model
+    pictures, labels = user_pictures
     records = rnn_mnist.main(["predict", *pictures, "--model", model, "--json"])
     capsys.readouterr()
     rate = np.mean([r["digit"] == label for r, label in zip(records, labels)])
@@ -63,3 +43,25 @@ def test_predict_reads_test_digits_drawn_as_user_pictures(tmp_path, real_mnist, 
     print(f"predict named {rate:.1%} of 200 user-style pictures; the model scores "
           f"{direct['accuracy']:.1%} on the test set as it is")
     assert rate >= 0.9 and rate >= direct["accuracy"] - 0.05, (rate, direct["accuracy"])
+
+
+def test_the_page_api_reads_user_pictures_as_often_as_predict(real_model, user_pictures, capsys):
+    from test_serve import read, serve_in_thread
+    pictures, labels = user_pictures
+    records = rnn_mnist.main(["predict", *pictures, "--model", real_model, "--json"])
+    capsys.readouterr()
+    server, address = serve_in_thread(real_model)
+    try:
+        answers = []
+        for picture in pictures:
+            with open(picture, "rb") as f:
+                status, answer = read(address, f.read())
+            assert status == 200
+            answers.append(answer["digit"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers == [r["digit"] for r in records]  # the same reading, picture by picture
+    rate = np.mean(np.array(answers) == labels)
+    print(f"/api/read named {rate:.1%} of 200 user-style pictures")
+    assert rate >= 0.9

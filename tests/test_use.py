@@ -8,38 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_mnist
-from conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, request):
-    """A tiny model trained on synthetic digits, in a run folder."""
-    from conftest import synthetic_mnist
-    folder = tmp_path_factory.mktemp("trained")
-    data = folder / "tiny.npz"
-    np.savez(data, **synthetic_mnist())
-    rnn_mnist.main(["--data", str(data), "--epochs", "2", "--batch-size", "32", "--units", "8",
-                    "--validation-size", "40", "--logdir", str(folder / "runs"), "--run-name", "r",
-                    "--quiet"])
-    return {"data": str(data), "logdir": str(folder / "runs"),
-            "model": str(folder / "runs" / "r" / "model.keras")}
-
-
-def write_picture(path, pixels):
-    import tensorflow as tf
-    encode = tf.io.encode_jpeg if str(path).endswith(".jpg") else tf.io.encode_png
-    tf.io.write_file(str(path), encode(pixels))
-
-
-def drawn_digit(height=160, width=120, ink=(20, 20, 20), paper=(250, 245, 235)):
-    """An RGB picture of a thick '7', dark ink on light paper, off-centre on a large canvas."""
-    picture = np.empty((height, width, 3), np.uint8)
-    picture[:] = paper
-    picture[30:42, 20:90] = ink  # the top bar
-    for row in range(42, 130):  # the stroke down and to the left
-        col = 90 - (row - 42) * 45 // 88
-        picture[row, col - 6:col + 6] = ink
-    return picture
+from conftest import REPO, drawn_digit, write_picture
 
 
 def test_a_picture_is_brought_to_mnist_form():
