@@ -1969,6 +1969,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
+    except BrokenPipeError:  # the reader of the output left early (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -189,3 +189,15 @@ def test_bmp_gif_and_gray_alpha_pictures_are_read_like_png(tmp_path, trained):
     records = rnn_mnist.main(["predict", str(tmp_path / "digit.png"),
                               *[str(tmp_path / n) for n in names], "--model", trained["model"], "--json"])
     assert len({r["digit"] for r in records}) == 1
+
+
+def test_output_read_only_in_part_ends_quietly(trained):
+    """`evaluate | head -1`: the reader leaves early; no traceback follows."""
+    evaluate = subprocess.Popen([sys.executable, os.path.join(REPO, "rnn_mnist.py"), "evaluate",
+                                 "--model", trained["model"], "--data", trained["data"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = evaluate.stdout.readline()
+    evaluate.stdout.close()  # as head does after its line
+    err = evaluate.stderr.read().decode()
+    assert evaluate.wait(timeout=120) == 1
+    assert first.startswith(b"using model: ") and err == ""
