@@ -1911,14 +1911,18 @@ def serve_command(args):
     address = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
     print(model_line(path, args.model is None))
     print(f"serving the page at {address}  (Ctrl-C to stop)", flush=True)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        for sig in previous:  # a second Ctrl-C does not break into the shutdown
+            signal.signal(sig, signal.SIG_IGN)
         print("stopped serving", flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return {"model": path, "address": address}
 
 
