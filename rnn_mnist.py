@@ -18,6 +18,7 @@ with TensorBoard logs, the resolved config, the best model and the test metrics.
 """
 
 import argparse
+import collections
 import datetime
 import difflib
 import gzip
@@ -27,6 +28,8 @@ import json
 import os
 import platform
 import queue
+import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -52,7 +55,8 @@ def import_tensorflow_quietly():
     temporary file for the import. `--verbose` prints what was held back; an
     import that fails prints it at once, so a real error is never hidden.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the runtime's own errors too: this
+    # tool says what went wrong in one line (with --verbose, everything TensorFlow says)
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as held:
@@ -387,18 +391,20 @@ def recurrent_layer_classes():
     return tuple(getattr(keras.layers, name) for name in RECURRENT_CELLS.values())
 
 
-def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1):
+def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1, unroll=True):
     """Stacked recurrent layers over the rows; the last step's output feeds a softmax.
 
-    The layers are unrolled over the 28 rows: the same cell and the same backpropagation
-    through time, but one graph with no loop, which trains about 6% faster on a CPU
-    than TensorFlow's while loop (README, Performance) and exports to TFLite as is.
+    On a CPU the layers are unrolled over the 28 rows: the same cell and the same
+    backpropagation through time, but one graph with no loop, which trains about 6%
+    faster than TensorFlow's while loop (bench/README.md) and exports to TFLite as is.
+    On a GPU (`unroll=False`), the layers meet Keras's conditions for the fused cuDNN
+    kernel: no unrolling, the default activations, no recurrent dropout.
     """
     recurrent = getattr(keras.layers, RECURRENT_CELLS[cell])
     inputs = keras.Input(shape=input_shape, name="rows")
     x = inputs
     for i in range(layers):
-        x = recurrent(units, return_sequences=i < layers - 1, unroll=True, name=f"{cell}_{i + 1}")(x)
+        x = recurrent(units, return_sequences=i < layers - 1, unroll=unroll, name=f"{cell}_{i + 1}")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"rnn_mnist_{cell}")
 
@@ -603,21 +609,129 @@ def log_weights_and_gradients(summaries, model, images, labels, epoch):
         summaries.add("train", f"gradient_norm/{name}", float(tf.norm(gradient)), epoch)
 
 
-def training_step(model, slices=2):
-    """One optimizer step as a graph: (images, labels) -> (mean loss, correct answers).
+# ----------------------------------------------------------------------------
+# Distribution: one process, all devices of a machine, or several machines
 
-    The batch is cut into `slices` slices that go through the model separately.
-    An LSTM is a chain of 28 small steps, each waiting for the one before, so one
-    batch keeps only one core busy; independent slices are independent chains that
-    TensorFlow runs side by side, one per core. The loss is still the mean over the
-    whole batch, so the gradient is the whole batch's (tested).
+DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
+WORKER_TIMEOUT_SECONDS = 120  # a worker that waits longer than this for the others gives up
+TF_CONFIG_FIX = ('set it to {"cluster": {"worker": ["host:port", ...]}, '
+                 '"task": {"type": "worker", "index": N}}, the same cluster on every worker')
+
+
+class Worker(collections.namedtuple("Worker", "index count chief")):
+    """This process's place among the workers of a run: one worker, its own chief, by default."""
+
+
+ALONE = Worker(0, 1, True)
+
+
+def worker_from_tf_config(text):
+    """This worker's place in the cluster that TF_CONFIG (JSON) describes, checked before any work."""
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"TF_CONFIG is not JSON ({e}); {TF_CONFIG_FIX}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
+        raise UsageError(f"TF_CONFIG names no cluster of workers; {TF_CONFIG_FIX}")
+    for role, members in cluster.items():
+        if not isinstance(members, list) or not all(isinstance(m, str) and ":" in m for m in members):
+            raise UsageError(f"TF_CONFIG's cluster lists {role} {members!r}, not \"host:port\" "
+                             f"addresses; {TF_CONFIG_FIX}")
+    task = config.get("task") if isinstance(config.get("task"), dict) else {}
+    role, index = task.get("type"), task.get("index")
+    if role not in ("worker", "chief") or role not in cluster:
+        raise UsageError(f"TF_CONFIG's task type {role!r} is not a role of its cluster "
+                         f"({', '.join(cluster)}); {TF_CONFIG_FIX}")
+    members = cluster[role]
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(members):
+        raise UsageError(f"TF_CONFIG's task index {index!r} is out of range: its cluster has "
+                         f"{len(members)} {role}(s), numbered 0 to {len(members) - 1}")
+    order = cluster.get("chief", []) + cluster.get("worker", [])  # the chief counts first
+    rank = index + (len(cluster.get("chief", [])) if role == "worker" else 0)
+    return Worker(rank, len(order), rank == 0)
+
+
+def placement(distribute, gpus, tf_config):
+    """How this run is spread, decided from the flag and the machine, before TensorFlow starts:
+    (strategy: none, mirrored or multi-worker; this worker; whether the CPU settings apply)."""
+    worker = worker_from_tf_config(tf_config) if tf_config else None
+    if distribute == "auto":
+        distribute = "multi-worker" if worker else "mirrored" if gpus > 1 else "none"
+    if distribute == "multi-worker" and worker is None:
+        raise UsageError(f"--distribute multi-worker needs the cluster in TF_CONFIG; {TF_CONFIG_FIX}")
+    return distribute, (worker if distribute == "multi-worker" else ALONE), gpus == 0
+
+
+def make_strategy(distribute, cpu_replicas):
+    """The tf.distribute strategy for `placement`'s choice; made before TensorFlow runs an op."""
+    if distribute == "none":
+        return tf.distribute.get_strategy()  # the default: this process's one device
+    if distribute == "multi-worker":  # configured by TF_CONFIG, as under any launcher
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=WORKER_TIMEOUT_SECONDS)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()  # every GPU of this machine
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    except RuntimeError:  # TensorFlow already runs: an earlier run in this Python process
+        raise UsageError("--distribute mirrored must start in a new process on a machine without "
+                         "a GPU: its CPU devices are set before TensorFlow runs") from None
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def worker_lost_errors():
+    """What TensorFlow raises on a worker whose peers died or stopped answering."""
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError)
+
+
+def agree_with_chief(strategy, worker, text, size=256):
+    """The chief's `text` (at most `size` bytes) on every worker: one all-reduce, to which
+    the others add zeros. This is how all workers name one run folder unasked."""
+    codes = np.zeros(size, np.int32)
+    if worker.chief:
+        raw = text.encode()[:size]
+        codes[:len(raw)] = np.frombuffer(raw, np.uint8)
+    summed = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                             strategy.run(lambda: tf.constant(codes)), axis=None)
+    return bytes(summed.numpy().astype(np.uint8)).rstrip(b"\0").decode()
+
+
+def weights_fingerprint(model):
+    """A short digest of the model's weights: the same on every worker of a run."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def training_step(model, slices=2, strategy=None):
+    """One optimizer step as a graph on the distribution strategy (default: this process's
+    one device): (images, labels) of the whole batch, and whether this process was asked
+    to stop -> (mean loss, correct answers, stop requests), each summed over all replicas.
+
+    The batch is split between the strategy's replicas (devices or workers); each replica
+    cuts its part into `slices` slices that go through the model separately. An LSTM is
+    a chain of 28 small steps, each waiting for the one before, so one batch keeps only
+    one core busy; independent slices are independent chains that TensorFlow runs side
+    by side, one per core. The loss is the mean over the whole batch, so the gradient is
+    the whole batch's, however it is split (tested).
     """
-    return traced_once(model, ("train", slices), lambda: build_training_step(model, slices))
+    strategy = strategy or tf.distribute.get_strategy()
+    return traced_once(model, ("train", slices, id(strategy)),
+                       lambda: build_training_step(model, slices, strategy))
 
 
-def build_training_step(model, slices):
+def build_training_step(model, slices, strategy):
     optimizer, variables = model.optimizer, model.trainable_variables
     signature = [rows_spec(model), tf.TensorSpec((None,), tf.int32)]
+    total = tf.distribute.ReduceOp.SUM
 
     @tf.function(input_signature=signature)
     def slice_gradients(images, labels):  # traced once, called once per slice
@@ -629,18 +743,38 @@ def build_training_step(model, slices):
         correct = tf.reduce_sum(tf.cast(predicted == labels, tf.int32))
         return loss_sum, correct, tape.gradient(loss_sum, variables)
 
-    @tf.function(input_signature=signature)
-    def step(images, labels):
-        n = tf.shape(images)[0]
+    def replica_step(images, labels, batch_size, stop):
         parts = [slice_gradients(images[start:end], labels[start:end])
-                 for start, end in slice_bounds(n, slices)]
-        scale = 1.0 / tf.cast(n, tf.float32)  # the mean over the whole batch
+                 for start, end in slice_bounds(tf.shape(images)[0], slices)]
+        scale = 1.0 / batch_size  # the whole batch's mean, once the replicas' sums are added
         gradients = [tf.add_n(list(g)) * scale for g in zip(*(p[2] for p in parts))]
-        optimizer.apply_gradients(zip(gradients, variables))
-        return tf.add_n([p[0] for p in parts]) * scale, tf.add_n([p[1] for p in parts])
+        optimizer.apply_gradients(zip(gradients, variables))  # adds up the replicas' gradients
+        stops = tf.identity(stop)  # this replica's own copy, for the sum over replicas
+        return tf.add_n([p[0] for p in parts]) * scale, tf.add_n([p[1] for p in parts]), stops
 
-    return lambda images, labels: step(tf.convert_to_tensor(images, tf.float32),
-                                       tf.convert_to_tensor(labels, tf.int32))
+    def all_replicas_step(images, labels, batch_size, stop):
+        results = strategy.run(replica_step, args=(images, labels, batch_size, stop))
+        return tuple(strategy.reduce(total, result, axis=None) for result in results)
+
+    if strategy.num_replicas_in_sync == 1:  # plain tensors: a signature saves a retrace and time
+        step = tf.function(all_replicas_step, input_signature=signature + [
+            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)])
+    else:  # each replica's part: a tensor per replica, which a signature cannot name
+        step = tf.function(all_replicas_step, reduce_retracing=True)
+
+    def run(images, labels, stop=False):
+        parts = slice_bounds(len(labels), strategy.num_replicas_in_sync)
+
+        def split(array, dtype):  # each replica its part of the batch
+            if len(parts) == 1:  # one replica: the batch as it is, 5% faster a step
+                return tf.convert_to_tensor(array, dtype)
+            return strategy.experimental_distribute_values_from_function(
+                lambda context: tf.convert_to_tensor(
+                    array[slice(*parts[context.replica_id_in_sync_group])], dtype))
+        return step(split(images, tf.float32), split(labels, tf.int32),
+                    tf.constant(float(len(labels))), tf.constant(int(stop)))
+
+    return run
 
 
 def learning_rate_now(model):
@@ -653,110 +787,167 @@ def save_model_atomically(model, path):
     os.replace(partial, path)
 
 
-def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False):
-    """Train from wherever `state` stands to `settings.epochs`, checkpointing as it goes.
+class Checkpoints:
+    """Saves the training state, and writes the summaries held since the last save.
+
+    Under a multi-worker strategy every worker must take part in each save; only the
+    chief saves into the run folder, the others into a temporary folder that is
+    removed when training ends.
+    """
+
+    def __init__(self, state, run_dir, summaries, worker=ALONE):
+        self.state, self.summaries, self.chief = state, summaries, worker.chief
+        self.folder = os.path.join(run_dir, "checkpoints")
+        if not worker.chief:  # named for the run and worker, so a killed worker's is found again
+            self.folder = os.path.join(tempfile.gettempdir(), f"rnn_mnist-{os.path.basename(run_dir)}"
+                                                              f"-worker{worker.index}-checkpoints")
+            self.close()
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(state=state), self.folder,
+                                                  max_to_keep=3)
+
+    def save(self, global_step, step_in_epoch, sums):
+        self.state.step_in_epoch.assign(step_in_epoch)
+        self.state.epoch_sums.assign(sums)
+        self.manager.save(checkpoint_number=global_step)
+        if self.summaries is not None:
+            self.summaries.flush()
+
+    def close(self):
+        if not self.chief:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def train(state, train_data, val_data, settings, run_dir, summaries, quiet=False,
+          strategy=None, worker=ALONE):
+    """Train from wherever `state` stands to `settings.epochs`, checkpointing as it goes;
+    return the finished epochs' records. `summaries` is None where nothing is logged
+    (a worker that is not the chief)."""
+    return Training(state, train_data, val_data, settings, run_dir, summaries, quiet,
+                    strategy, worker).run()
+
+
+class Training:
+    """The loop over epochs and steps of one run.
 
     Written as a loop over single steps rather than `model.fit`, because fit
     cannot start in the middle of an epoch, checkpoint every N steps, or stop
     cleanly on a signal between two batches.
     """
-    model = state.model
-    train_step = training_step(model, settings.slices)
-    (x, y), (x_val, y_val) = train_data, val_data
-    steps_per_epoch = -(-len(x) // settings.batch_size)
-    manager = checkpoint_manager(state, run_dir)
-    model_path = os.path.join(run_dir, MODEL_FILE)
-    global_step = int(state.optimizer.iterations.numpy())
 
-    def checkpoint(step_in_epoch, sums):
-        state.step_in_epoch.assign(step_in_epoch)
-        state.epoch_sums.assign(sums)
-        manager.save(checkpoint_number=global_step)
-        summaries.flush()
+    def __init__(self, state, train_data, val_data, settings, run_dir, summaries, quiet,
+                 strategy, worker):
+        self.state, self.settings, self.summaries = state, settings, summaries
+        self.chief = worker.chief
+        (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
+        self.model = state.model
+        self.train_step = training_step(self.model, settings.slices, strategy)
+        self.steps_per_epoch = -(-len(self.x) // settings.batch_size)
+        self.model_path = os.path.join(run_dir, MODEL_FILE)
+        self.global_step = int(state.optimizer.iterations.numpy())
+        self.quiet = quiet or not worker.chief
+        self.checkpoints = Checkpoints(state, run_dir, summaries, worker)
 
-    epochs_bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
-                      unit="epoch", dynamic_ncols=True, disable=quiet)
-    batches_bar = None
-    try:
-        with StopRequest() as stop:
-            for epoch in range(int(state.epoch.numpy()), settings.epochs):
-                first_step = int(state.step_in_epoch.numpy())
-                loss_sum, correct, seen = state.epoch_sums.numpy()
-                batches_bar = tqdm(total=steps_per_epoch, initial=first_step,
-                                   desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                                   dynamic_ncols=True, disable=quiet)
-                epoch_started = mark = time.perf_counter()
-                seen_here = 0
+    def run(self):
+        state, settings = self.state, self.settings
+        bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
+                   unit="epoch", dynamic_ncols=True, disable=self.quiet)
+        try:
+            with StopRequest() as stop:
+                for epoch in range(int(state.epoch.numpy()), settings.epochs):
+                    record = self.epoch(epoch, stop)
+                    monitored = self.end_epoch(epoch + 1, record)
+                    if not self.quiet:
+                        bar.write(epoch_line(epoch + 1, settings.epochs, record))
+                    bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
+                    bar.update(1)
+        except BaseException:  # no half-drawn bar stays above the message on why training stopped
+            bar.leave = False
+            raise
+        finally:
+            bar.close()
+            self.checkpoints.close()
+        return history_of(state)
 
-                def clock():  # add the time since the last mark to the run's training time
-                    nonlocal mark
-                    now = time.perf_counter()
-                    state.train_seconds.assign_add(now - mark)
-                    mark = now
+    def epoch(self, epoch, stop):
+        """The steps of one epoch, from where the state stands; the epoch's training record."""
+        state, settings = self.state, self.settings
+        first_step = int(state.step_in_epoch.numpy())
+        sums = state.epoch_sums.numpy()  # loss, correct, images so far in this epoch
+        bar = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}",
+                   unit="batch", leave=False, dynamic_ncols=True, disable=self.quiet)
+        started = mark = time.perf_counter()
+        seen_here = 0
+        batches = prefetched(epoch_batches(self.x, self.y, settings.batch_size, settings.seed,
+                                           epoch, settings.shift, first_step))
+        try:
+            for step, (images, labels) in enumerate(batches, start=first_step):
+                loss, correct, stops = (v.numpy() for v in self.train_step(
+                    images, labels, stop.signal is not None))
+                if not np.isfinite(loss):
+                    raise Diverged(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}")
+                n = len(labels)
+                sums = sums + [loss * n, correct, n]
+                seen_here += n
+                self.global_step += 1
+                bar.set_postfix(ordered_dict={"loss": f"{sums[0] / sums[2]:.4f}",
+                                              "acc": f"{sums[1] / sums[2]:.2%}"}, refresh=False)
+                bar.update(1)
+                self.log_batch(loss, correct / n)
+                if stops or self.global_step % settings.checkpoint_every == 0:
+                    mark = self.add_training_time(mark)
+                    self.checkpoints.save(self.global_step, step + 1, sums)
+                if stops:  # asked here, or on another worker: every worker stops at this step
+                    raise Interrupted(stop.signal)  # None: the request came to another worker
+        finally:
+            bar.close()
+        mark = self.add_training_time(mark)
+        return {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
+                "learning_rate": learning_rate_now(self.model),
+                "samples_per_second": seen_here / (mark - started)}
 
-                batches = prefetched(epoch_batches(x, y, settings.batch_size, settings.seed, epoch,
-                                                   settings.shift, first_step))
-                for step, (images, labels) in enumerate(batches, start=first_step):
-                    batch_loss, batch_correct = (float(v) for v in train_step(images, labels))
-                    if not np.isfinite(batch_loss):
-                        raise Diverged(f"the loss became {batch_loss} at epoch {epoch + 1}, "
-                                       f"step {step + 1}")
-                    n = len(labels)
-                    loss_sum, correct, seen = (loss_sum + batch_loss * n,
-                                               correct + batch_correct, seen + n)
-                    seen_here += n
-                    global_step += 1
-                    batches_bar.set_postfix(ordered_dict={"loss": f"{loss_sum / seen:.4f}",
-                                                          "acc": f"{correct / seen:.2%}"},
-                                            refresh=False)
-                    batches_bar.update(1)
-                    if global_step % settings.log_every == 0:
-                        summaries.add("train", "batch_loss", batch_loss, global_step)
-                        summaries.add("train", "batch_accuracy", batch_correct / n, global_step)
-                    if stop.signal is not None or global_step % settings.checkpoint_every == 0:
-                        clock()
-                        checkpoint(step + 1, [loss_sum, correct, seen])
-                    if stop.signal is not None:
-                        raise Interrupted(stop.signal)
-                clock()
-                batches_bar.close()
-                record = {"loss": loss_sum / seen, "accuracy": correct / seen,
-                          "learning_rate": learning_rate_now(model),
-                          "samples_per_second": seen_here / (mark - epoch_started)}
-                if len(x_val):
-                    probabilities = predict(model, x_val)
-                    record.update({f"val_{k}": v for k, v in scores(probabilities, y_val).items()})
-                    if settings.figures_every and (epoch + 1) % settings.figures_every == 0:
-                        for tag, image in epoch_pictures(model, x_val, y_val, probabilities,
-                                                         epoch + 1).items():
-                            summaries.add("validation", tag, image, epoch + 1, kind="image")
-                log_weights_and_gradients(summaries, model, x[:settings.batch_size],
-                                          y[:settings.batch_size], epoch + 1)
-                monitored = record.get("val_accuracy", record["accuracy"])
-                if monitored > state.best_val_accuracy.numpy():
-                    state.best_val_accuracy.assign(monitored)
-                    state.best_epoch.assign(epoch + 1)
-                    save_model_atomically(model, model_path)
-                for key in ("loss", "accuracy", "learning_rate", "samples_per_second"):
-                    summaries.add("train", f"epoch_{key}", record[key], epoch + 1)
-                for key in ("loss", "accuracy"):
-                    if f"val_{key}" in record:
-                        summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch + 1)
-                state.history.assign(json.dumps(history_of(state) + [record]))
-                state.epoch.assign(epoch + 1)
-                checkpoint(0, [0.0, 0.0, 0.0])
-                if not quiet:
-                    epochs_bar.write(epoch_line(epoch + 1, settings.epochs, record))
-                epochs_bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
-                epochs_bar.update(1)
-    except BaseException:  # no half-drawn bar stays above the message on why training stopped
-        epochs_bar.leave = False
-        raise
-    finally:
-        if batches_bar is not None:
-            batches_bar.close()
-        epochs_bar.close()
-    return history_of(state)
+    def add_training_time(self, since):
+        now = time.perf_counter()
+        self.state.train_seconds.assign_add(now - since)
+        return now
+
+    def log_batch(self, loss, accuracy):
+        if self.summaries is not None and self.global_step % self.settings.log_every == 0:
+            self.summaries.add("train", "batch_loss", loss, self.global_step)
+            self.summaries.add("train", "batch_accuracy", accuracy, self.global_step)
+
+    def end_epoch(self, epoch, record):
+        """Validate, keep the best model, log the epoch and checkpoint; the accuracy that
+        picks the best epoch."""
+        state, probabilities = self.state, None
+        if len(self.x_val):
+            probabilities = predict(self.model, self.x_val)
+            record.update({f"val_{k}": v for k, v in scores(probabilities, self.y_val).items()})
+        monitored = record.get("val_accuracy", record["accuracy"])
+        if monitored > state.best_val_accuracy.numpy():
+            state.best_val_accuracy.assign(monitored)
+            state.best_epoch.assign(epoch)
+            if self.chief:
+                save_model_atomically(self.model, self.model_path)
+        if self.summaries is not None:
+            self.log_epoch(epoch, record, probabilities)
+        state.history.assign(json.dumps(history_of(state) + [record]))
+        state.epoch.assign(epoch)
+        self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0])
+        return monitored
+
+    def log_epoch(self, epoch, record, probabilities):
+        summaries, settings = self.summaries, self.settings
+        if probabilities is not None and settings.figures_every and epoch % settings.figures_every == 0:
+            for tag, image in epoch_pictures(self.model, self.x_val, self.y_val, probabilities,
+                                             epoch).items():
+                summaries.add("validation", tag, image, epoch, kind="image")
+        log_weights_and_gradients(summaries, self.model, self.x[:settings.batch_size],
+                                  self.y[:settings.batch_size], epoch)
+        for key in ("loss", "accuracy", "learning_rate", "samples_per_second"):
+            summaries.add("train", f"epoch_{key}", record[key], epoch)
+        for key in ("loss", "accuracy"):
+            if f"val_{key}" in record:
+                summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch)
 
 
 def epoch_line(epoch, epochs, record):
@@ -1470,6 +1661,14 @@ def build_parser():
     training.add_argument("--slices", type=positive_int, default=2, metavar="N",
                           help="cut each batch into N slices that run side by side, one per "
                                "core; the gradient stays the whole batch's")
+    training.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
+                          help="where to train: none (this process, its CPU or one GPU), mirrored "
+                               "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
+                               "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
+                               "when TF_CONFIG is set, mirrored with 2 or more GPUs, else none")
+    training.add_argument("--cpu-replicas", type=positive_int, metavar="N",
+                          help="with --distribute mirrored on a machine without a GPU: replicas, one "
+                               "per logical CPU device; default: the number of cores")
     training.add_argument("--deterministic", action="store_true",
                           help="make every operation deterministic (a little slower): the same "
                                "seed and settings give the same weights, resumed or not")
@@ -1608,7 +1807,8 @@ def check_sizes(n_train_images, args):
 
 # Settings a resumed run may change (when given); any other must match its config.json.
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
-                      "resume", "intra_op_threads", "inter_op_threads", "slices"}
+                      "resume", "intra_op_threads", "inter_op_threads", "slices", "distribute",
+                      "cpu_replicas"}
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
 MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
 
@@ -1661,14 +1861,20 @@ def restore(state, run_dir):
                          f"describes ({reason}); start a new run instead") from None
 
 
-def prepare_training(settings, x_train, y_train):
-    """Seed, split off the validation images, and build and compile the model."""
+def prepare_training(settings, x_train, y_train, unroll=True):
+    """Seed, split off the validation images, and build and compile the model (in the
+    strategy's scope, when there is one)."""
     keras.utils.set_random_seed(settings.seed)
     train_data, val_data = split_validation(as_sequences(x_train), y_train, settings.validation_size)
     steps = -(-len(train_data[0]) // settings.batch_size)
     model = make_model(train_data[0].shape[1:], NUM_CLASSES, settings.cell, settings.units,
-                       settings.layers)
+                       settings.layers, unroll)
     compile_model(model, settings.learning_rate, steps * settings.epochs, settings.lr_schedule)
+    # Adam's slots made now, in the scope: made inside the first distributed step instead,
+    # Keras 3.15 fails with "You must feed a value for placeholder tensor"
+    # (keras-team/keras#23085). The fix, keras-team/keras#23087, is not in 3.15.x: this line
+    # can go once requirements.txt asks for a Keras that has it.
+    model.optimizer.build(model.trainable_variables)
     return model, train_data, val_data
 
 
@@ -1698,70 +1904,122 @@ def resume_command(settings):
 
 def run(args, given):
     """Load, train, test and record one run (or continue one); return its metrics."""
-    if args.resume is not None:
-        settings, run_dir = resumed_settings(args, given)
-    else:
-        settings = argparse.Namespace(**vars(args))
-        settings.run_name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = os.path.join(args.logdir, settings.run_name)
-        refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
-
+    settings, run_dir = settings_of_run(args, given)
+    tf_config = os.environ.get("TF_CONFIG") if settings.distribute in ("auto", "multi-worker") else None
+    placement(settings.distribute, 0, tf_config)  # a mistake in TF_CONFIG is found before any work
     x_train, y_train, x_test, y_test = load_mnist(settings.data, url=settings.download_url)
     if settings.max_train_samples:
         x_train, y_train = x_train[:settings.max_train_samples], y_train[:settings.max_train_samples]
     check_sizes(len(x_train), settings)
-    if args.resume is None:
-        prepare_run_dir(run_dir)
 
     quiet_tensorflow(settings.verbose)
-    configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
+    distribute, worker, on_cpu = placement(settings.distribute,
+                                           len(tf.config.list_physical_devices("GPU")), tf_config)
+    if on_cpu:  # tuned for a CPU; on a GPU, TensorFlow's own thread settings
+        configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model, train_data, val_data = prepare_training(settings, x_train, y_train)
-    x_test = as_sequences(x_test)
+    strategy = make_strategy(distribute, settings.cpu_replicas or os.cpu_count())
+    if worker.count > 1:
+        settings, run_dir = agreed_run(strategy, worker, settings, run_dir, args, given)
+    if args.resume is None and worker.chief:
+        prepare_run_dir(run_dir)
+    with strategy.scope():
+        model, train_data, val_data = prepare_training(settings, x_train, y_train, unroll=on_cpu)
     state = training_state(model)
     if args.resume is not None:
-        restore(state, run_dir)
-        if int(state.epoch.numpy()) >= settings.epochs:
-            raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
-                             "epochs; give --epochs a larger number to train it further")
-        if not settings.quiet:
-            print(resume_line(state, settings, run_dir, len(train_data[0])))
-
+        resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
     config = dict(vars(settings), run_dir=run_dir, data_source=settings.data or settings.download_url,
                   train_images=len(train_data[0]), validation_images=len(val_data[0]),
-                  test_images=len(x_test), parameters=model.count_params(),
+                  test_images=len(x_test), parameters=model.count_params(), strategy=distribute,
+                  replicas=strategy.num_replicas_in_sync, workers=worker.count,
                   tensorflow=tf.__version__, keras=keras.__version__,
                   python=platform.python_version(), machine=platform.machine())
     config.pop("resume")
-    write_json(os.path.join(run_dir, "config.json"), config)
-
-    summaries = SummaryBuffer(run_dir)
-    if args.resume is None:
-        log_run_start(summaries, model, config)
+    summaries = SummaryBuffer(run_dir) if worker.chief else None  # the chief writes the run folder
+    if worker.chief:
+        write_json(os.path.join(run_dir, "config.json"), config)
+        if args.resume is None:
+            log_run_start(summaries, model, config)
     try:
         history = train(state, train_data, val_data, settings, run_dir, summaries,
-                        quiet=settings.quiet)
-    except Interrupted as stop:
-        signum = stop.args[0]
-        print(f"{signal.Signals(signum).name} received: stopped at epoch "
-              f"{int(state.epoch.numpy()) + 1}, step {int(state.step_in_epoch.numpy())}, "
-              f"with a checkpoint saved in {run_dir}.\nresume with: {resume_command(settings)}",
-              file=sys.stderr)
-        raise SystemExit(128 + signum) from None
-    except Diverged as e:
+                        quiet=settings.quiet, strategy=strategy, worker=worker)
+    except (Interrupted, Diverged, *(worker_lost_errors() if worker.count > 1 else ())) as stop:
+        report_stop(stop, state, settings, run_dir, worker)
+    finally:
+        if summaries is not None:
+            summaries.close()
+    if worker.count > 1:
+        print(f"worker {worker.index} of {worker.count}{' (chief)' if worker.chief else ''} finished: "
+              f"weights {weights_fingerprint(model)}", flush=True)
+    if not worker.chief:
+        return {"worker": worker.index, "weights_fingerprint": weights_fingerprint(model)}
+    return test_and_record(state, history, settings, run_dir, as_sequences(x_test), y_test,
+                           len(val_data[0]))
+
+
+def settings_of_run(args, given):
+    """The run's settings and folder: a new run's, or those of the run to resume."""
+    if args.resume is not None:
+        return resumed_settings(args, given)
+    settings = argparse.Namespace(**vars(args))
+    settings.run_name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.join(args.logdir, settings.run_name)
+    refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
+    return settings, run_dir
+
+
+def agreed_run(strategy, worker, settings, run_dir, args, given):
+    """Every worker takes the chief's run: its start time, or the newest run it resumes."""
+    name = agree_with_chief(strategy, worker, settings.run_name)
+    if name == settings.run_name:
+        return settings, run_dir
+    if args.resume is not None:
+        return resumed_settings(argparse.Namespace(**dict(vars(args), resume=name)), given)
+    settings.run_name = name
+    return settings, os.path.join(settings.logdir, name)
+
+
+def resume(state, settings, run_dir, n_train, quiet):
+    """Restore the run's last checkpoint into `state`, and say where it goes on."""
+    restore(state, run_dir)
+    if int(state.epoch.numpy()) >= settings.epochs:
+        raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
+                         "epochs; give --epochs a larger number to train it further")
+    if not quiet:
+        print(resume_line(state, settings, run_dir, n_train))
+
+
+def report_stop(stop, state, settings, run_dir, worker):
+    """One line on why training stopped early and what was kept; exits."""
+    where = f"epoch {int(state.epoch.numpy()) + 1}, step {int(state.step_in_epoch.numpy())}"
+    if isinstance(stop, Interrupted):
+        signum = stop.args[0] or signal.SIGTERM  # None: another worker was asked to stop
+        said = f"{signal.Signals(signum).name} received" if stop.args[0] else "another worker stopped"
+        print(f"{said}: stopped at {where}, with a checkpoint saved in {run_dir}.\n"
+              f"resume with: {resume_command(settings)}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+    if isinstance(stop, Diverged):
         checkpoints = os.path.join(run_dir, "checkpoints")
         kept = [what for what, there in [("checkpoint", tf.train.latest_checkpoint(checkpoints)),
                                          (MODEL_FILE, os.path.exists(os.path.join(run_dir, MODEL_FILE)))]
                 if there]
-        print(f"rnn_mnist.py: error: {e}; training stopped"
+        print(f"rnn_mnist.py: error: {stop}; training stopped"
               + (f", keeping the last good {' and '.join(kept)} in {run_dir}" if kept else "")
               + "; try a smaller --learning-rate", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        summaries.close()
+        raise SystemExit(1)
+    said = re.search(r"(Collective ops is aborted by: .*|.*[Cc]onnection .*|.*[Dd]eadline .*|.*[Tt]imed out.*)",
+                     stop.message or "")
+    reason = (said.group(1) if said else type(stop).__name__).strip()[:160]
+    print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} lost the others at {where} "
+          f"({reason}); start every worker again with --resume to go on from the last checkpoint "
+          f"in {run_dir}", file=sys.stderr)
+    raise SystemExit(1)
 
-    best = keras.models.load_model(os.path.join(run_dir, MODEL_FILE))  # the best epoch
+
+def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
+    """Test the best epoch's model once, write metrics.json and the test summaries; the metrics."""
+    best = keras.models.load_model(os.path.join(run_dir, MODEL_FILE))
     probabilities = predict(best, x_test)
     test = scores(probabilities, y_test)
     log_test_results(run_dir, test, confusion_matrix(y_test.astype(np.int64), probabilities.argmax(axis=1)),
@@ -1772,7 +2030,7 @@ def run(args, given):
         "test_images": len(x_test),
         "epochs": len(history),
         "best_epoch": int(state.best_epoch.numpy()),
-        "best_val_accuracy": float(state.best_val_accuracy.numpy()) if len(val_data[0]) else None,
+        "best_val_accuracy": float(state.best_val_accuracy.numpy()) if n_val else None,
         "train_seconds": float(state.train_seconds.numpy()),
         "samples_per_second": float(np.mean([r["samples_per_second"] for r in history])),
         "history": history,
@@ -1797,6 +2055,8 @@ def configure_tensorflow(intra_op=INTRA_OP_THREADS, inter_op=INTER_OP_THREADS):
 
 def quiet_tensorflow(verbose):
     """Import TensorFlow; with `verbose`, show what it said meanwhile, else keep its logger quiet."""
+    if verbose and ImportedOnFirstUse.startup_log is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     import_tensorflow()
     if verbose:
         sys.stderr.write(ImportedOnFirstUse.startup_log)
@@ -1911,8 +2171,8 @@ def serve_command(args):
     address = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
     print(model_line(path, args.model is None))
     print(f"serving the page at {address}  (Ctrl-C to stop)", flush=True)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
+    previous = {sig: signal.signal(sig, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does,
+                for sig in (signal.SIGINT, signal.SIGTERM)}           # even where Ctrl-C was ignored
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -53,31 +53,32 @@ def default_settings(data, epochs=None, flags=()):
     return settings
 
 
-def prepared(settings):
+def prepared(settings, strategy):
     x_train, y_train, x_test, y_test = rnn_mnist.load_mnist(settings.data)
-    model, train_data, val_data = rnn_mnist.prepare_training(settings, x_train, y_train)
+    with strategy.scope():
+        model, train_data, val_data = rnn_mnist.prepare_training(settings, x_train, y_train)
     return model, train_data, val_data, (rnn_mnist.as_sequences(x_test), y_test)
 
 
-def throughput(settings, warmup=30, timed=300):
-    """Training samples/s of the real training step, after warm-up."""
-    model, (x, y), _, _ = prepared(settings)
-    step = rnn_mnist.training_step(model, settings.slices)
+def throughput(settings, strategy, warmup=30, timed=300):
+    """Training samples/s of the real training step, after warm-up (all replicas together)."""
+    model, (x, y), _, _ = prepared(settings, strategy)
+    step = rnn_mnist.training_step(model, settings.slices, strategy)
     batches = rnn_mnist.prefetched(rnn_mnist.epoch_batches(x, y, settings.batch_size, settings.seed,
                                                            0, settings.shift))
     for _, (images, labels) in zip(range(warmup), batches):
         step(images, labels)
     started, seen = time.perf_counter(), 0
     for _, (images, labels) in zip(range(timed), batches):
-        loss, _ = step(images, labels)
+        loss, *_ = step(images, labels)
         seen += len(labels)
     assert np.isfinite(float(loss))
     return seen / (time.perf_counter() - started)
 
 
-def time_to_accuracy(settings):
+def time_to_accuracy(settings, strategy, worker):
     """Train with the default settings, testing after each epoch; training seconds per epoch."""
-    model, train_data, val_data, (x_test, y_test) = prepared(settings)
+    model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy)
     state = rnn_mnist.training_state(model)
     curve, reached = [], {}
     with tempfile.TemporaryDirectory() as run_dir:
@@ -85,7 +86,8 @@ def time_to_accuracy(settings):
         target_epochs = settings.epochs
         for epoch in range(1, target_epochs + 1):
             settings.epochs = epoch
-            rnn_mnist.train(state, train_data, val_data, settings, run_dir, summaries, quiet=True)
+            rnn_mnist.train(state, train_data, val_data, settings, run_dir, summaries, quiet=True,
+                            strategy=strategy, worker=worker)
             accuracy = rnn_mnist.evaluate(model, x_test, y_test)["accuracy"]
             seconds = float(state.train_seconds.numpy())
             curve.append({"epoch": epoch, "train_seconds": round(seconds, 1),
@@ -123,18 +125,23 @@ def main(argv=None):
     args, flags = parser.parse_known_args(argv)  # the rest: rnn_mnist.py's own training flags
 
     settings = default_settings(args.data, args.epochs, flags)
-    rnn_mnist.configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
+    distribute, worker, on_cpu = rnn_mnist.placement(
+        settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
+    if on_cpu:
+        rnn_mnist.configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
+    strategy = rnn_mnist.make_strategy(distribute, settings.cpu_replicas or os.cpu_count())
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
               "cores": os.cpu_count(), "flags": flags, "batch_size": settings.batch_size,
               "units": settings.units, "cell": settings.cell, "slices": settings.slices,
-              "samples_per_second": round(throughput(settings))}
+              "strategy": distribute, "replicas": strategy.num_replicas_in_sync,
+              "samples_per_second": round(throughput(settings, strategy))}
     if args.torch_python:
         epochs = torch_peer(args.torch_python, args.torch_peer, args.data, settings.batch_size,
                             args.torch_epochs)
         report["torch_samples_per_second"] = epochs[-1]["samples_per_s"]
         report["ratio_to_torch"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
     if not args.throughput_only:
-        curve, reached, predict_rate = time_to_accuracy(settings)
+        curve, reached, predict_rate = time_to_accuracy(settings, strategy, worker)
         report["seconds_to_accuracy"] = {f"{target:.2%}": reached.get(target) for target in TARGETS}
         report["accuracy_curve"] = curve
         report["predict_images_per_second"] = round(predict_rate)

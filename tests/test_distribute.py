@@ -1,0 +1,214 @@
+"""Training on tf.distribute: replicas on one machine, workers on 127.0.0.1, and the choices
+made for a machine with a GPU. Every worker is a real process on a free local port."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import rnn_mnist
+from conftest import REPO, synthetic_mnist
+
+ONE_STEP = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import rnn_mnist
+rnn_mnist.quiet_tensorflow(False)
+tf, keras = rnn_mnist.tf, rnn_mnist.keras
+strategy = rnn_mnist.make_strategy("mirrored", 2)  # 2 logical CPU devices, set before TF runs
+rng = np.random.default_rng(0)
+results = {}
+for n in (16, 15):  # an odd batch splits 8 + 7
+    images = rng.random((n, 28, 28), np.float32)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    weights = {}
+    for name, where in (("one device", tf.distribute.get_strategy()), ("two replicas", strategy)):
+        with where.scope():
+            keras.utils.set_random_seed(5)
+            model = rnn_mnist.make_model((28, 28), units=16)
+            rnn_mnist.compile_model(model, 0.01, 100)
+            model.optimizer.build(model.trainable_variables)
+        loss, correct, _ = rnn_mnist.training_step(model, 2, where)(images, labels)
+        weights[name] = [w.tolist() for w in model.get_weights()]
+        results[f"{name} {n} loss"] = float(loss)
+    results[f"replicas {strategy.num_replicas_in_sync}"] = True
+    results[f"batch {n}"] = max(float(np.max(np.abs(np.array(a) - np.array(b))))
+                                for a, b in zip(weights["one device"], weights["two replicas"]))
+print(json.dumps(results))
+"""
+
+
+def test_one_step_on_two_replicas_moves_the_weights_as_one_device_does():
+    done = subprocess.run([sys.executable, "-c", ONE_STEP, REPO], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results["replicas 2"]
+    for n in (16, 15):
+        assert results[f"batch {n}"] < 1e-6, results  # Adam's step, with the global batch's mean
+        assert results[f"one device {n} loss"] == pytest.approx(results[f"two replicas {n} loss"], abs=1e-6)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(argv, cwd, tmp, ports):
+    """One process per worker, each told its place by TF_CONFIG; temporary files go to `tmp`."""
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    processes = []
+    for index in range(len(workers)):
+        env = dict(os.environ, TMPDIR=str(tmp), TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "rnn_mnist.py"), *argv],
+                                          cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    return processes
+
+
+def finish(processes, timeout=300):
+    """[(exit status, stdout, stderr)] of each process; none is left running."""
+    try:
+        return [(p.wait(timeout=timeout), *p.communicate()) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def fingerprint(out):
+    lines = [line for line in out.splitlines() if " finished: weights " in line]
+    assert len(lines) == 1, out
+    return lines[0].rsplit(" ", 1)[1]
+
+
+def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["--data", real_mnist, "--max-train-samples", "1200", "--validation-size", "200",
+            "--epochs", "2", "--units", "16", "--batch-size", "64", "--logdir", "runs"]
+    (chief, chief_out, chief_err), (other, other_out, other_err) = finish(
+        start_workers(argv, tmp_path, tmp, free_ports(2)))
+    assert (chief, other) == (0, 0), chief_err + other_err
+    assert fingerprint(chief_out) == fingerprint(other_out)  # the same weights on both
+    assert "(chief)" in chief_out and "test accuracy" in chief_out and "test accuracy" not in other_out
+    runs = os.listdir(tmp_path / "runs")
+    assert len(runs) == 1  # one run folder, named by the chief
+    run = tmp_path / "runs" / runs[0]
+    assert {"checkpoints", "config.json", "metrics.json", "model.keras", "train",
+            "validation"} <= set(os.listdir(run))
+    config = json.loads((run / "config.json").read_text())
+    assert (config["strategy"], config["workers"], config["replicas"]) == ("multi-worker", 2, 2)
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert os.listdir(tmp) == []  # no worker's temporary checkpoints left behind
+
+
+def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
+    data = tmp_path / "digits.npz"
+    np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ports = free_ports(2)
+    argv = ["--data", str(data), "--batch-size", "8", "--epochs", "6", "--units", "8",
+            "--validation-size", "40", "--checkpoint-every", "20", "--logdir", "runs",
+            "--run-name", "shared", "--quiet"]
+    chief, other = start_workers(argv, tmp_path, tmp, ports)
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(tmp_path / "runs" / "shared" / "checkpoints" / "checkpoint"):
+            assert chief.poll() is None and time.monotonic() < deadline, chief.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1)
+        other.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        status = chief.wait(timeout=WORKER_STOP_SECONDS)
+        stopped_after = time.monotonic() - killed_at
+        err = chief.stderr.read()
+    finally:
+        chief.kill()
+        other.kill()
+    assert status == 1 and stopped_after < WORKER_STOP_SECONDS
+    assert err.startswith("rnn_mnist.py: error: worker 0 of 2 lost the others at epoch ") and \
+        err.count("\n") == 1, err
+    assert "start every worker again with --resume" in err
+
+    resumed = finish(start_workers(["--resume", "--logdir", "runs"], tmp_path, tmp, ports))
+    assert [status for status, _, _ in resumed] == [0, 0], resumed
+    assert resumed[0][1].startswith("resuming run shared at ")
+    assert fingerprint(resumed[0][1]) == fingerprint(resumed[1][1])
+    assert json.loads((tmp_path / "runs" / "shared" / "metrics.json").read_text())["epochs"] == 6
+    assert not [name for name in os.listdir(tmp) if name.startswith("rnn_mnist-")]
+
+
+WORKER_STOP_SECONDS = 60  # a lost worker is noticed at the next all-reduce: well within this
+
+
+BAD_TF_CONFIG = [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG names no cluster of workers"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 2}}',
+     "TF_CONFIG's task index 2 is out of range: its cluster has 2 worker(s), numbered 0 to 1"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+     "TF_CONFIG's task type 'ps' is not a role of its cluster"),
+    ('{"cluster": {"worker": [7]}, "task": {"type": "worker", "index": 0}}',
+     "not \"host:port\" addresses"),
+]
+
+
+@pytest.mark.parametrize("tf_config,message", BAD_TF_CONFIG,
+                         ids=["not-json", "no-cluster", "index-out-of-range", "bad-role", "bad-address"])
+def test_a_bad_tf_config_gets_one_line_and_exit_2(tmp_path, tiny_npz, capsys, monkeypatch,
+                                                  tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists() or os.listdir(tmp_path / "runs") == []
+
+
+def test_multi_worker_without_tf_config_is_refused(tmp_path, tiny_npz, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(SystemExit):
+        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--distribute", "multi-worker"])
+    assert "--distribute multi-worker needs the cluster in TF_CONFIG" in capsys.readouterr().err
+
+
+def test_auto_picks_the_engine_for_the_machine():
+    tf_config = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
+    assert rnn_mnist.placement("auto", 0, None) == ("none", rnn_mnist.ALONE, True)
+    assert rnn_mnist.placement("auto", 1, None) == ("none", rnn_mnist.ALONE, False)
+    assert rnn_mnist.placement("auto", 4, None) == ("mirrored", rnn_mnist.ALONE, False)
+    assert rnn_mnist.placement("auto", 0, tf_config) == ("multi-worker", rnn_mnist.Worker(1, 2, False), True)
+    assert rnn_mnist.placement("none", 0, tf_config) == ("none", rnn_mnist.ALONE, True)
+
+
+def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
+        tmp_path, tiny_npz, monkeypatch):
+    """No GPU here: the machine is made to report one, and what the run then chooses is checked."""
+    import keras
+    import tensorflow as tf
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: (
+        [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if kind == "GPU" else real(kind)))
+    threads_set = []
+    monkeypatch.setattr(rnn_mnist, "configure_tensorflow", lambda *a: threads_set.append(a))
+    rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--batch-size", "32", "--units", "8",
+                    "--validation-size", "40", "--logdir", str(tmp_path), "--run-name", "gpu", "--quiet"])
+    assert threads_set == []
+    lstm = keras.models.load_model(tmp_path / "gpu" / "model.keras").layers[1].get_config()
+    # Keras's conditions for the cuDNN kernel
+    assert (lstm["unroll"], lstm["activation"], lstm["recurrent_activation"]) == (False, "tanh", "sigmoid")
+    assert lstm["recurrent_dropout"] == 0 and lstm["use_bias"]
