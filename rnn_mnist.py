@@ -8,13 +8,16 @@
     python rnn_mnist.py evaluate --data mnist.npz         # test the newest model again
     python rnn_mnist.py predict my_digit.png              # read your own handwriting
     python rnn_mnist.py export --tflite                   # a SavedModel for serving
+    python rnn_mnist.py serve                             # draw a digit, watch it read
+    TF_CONFIG='{"cluster": ...}' python rnn_mnist.py      # one of several workers
     python -m pytest tests                                # the test suite
 
 Each 28x28 image is read top to bottom, one row of 28 pixels per timestep. The
 recurrent layer's last output feeds a dense softmax over the ten digits; the loss
 is cross-entropy, the gradients flow back through all 28 steps, and Adam follows
-a cosine learning-rate schedule. Every run gets its own folder under `Visualize/`
-with TensorBoard logs, the resolved config, the best model and the test metrics.
+a cosine learning-rate schedule, on tf.distribute: a replica per CPU core or GPU,
+or a worker per machine. Every run gets its own folder under `Visualize/` with
+TensorBoard logs, the resolved config, the best model and the test metrics.
 """
 
 import argparse
@@ -129,7 +132,7 @@ DEFAULT_LOGDIR = "Visualize"
 MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
 EXIT_USAGE = 2
 INTRA_OP_THREADS = 1  # threads per TensorFlow operation: this model's are too small to split
-INTER_OP_THREADS = 2  # operations at once: the two slices of a batch, one per core
+INTER_OP_THREADS = 2  # operations at once in evaluate and predict: one per core of 2
 
 
 class UsageError(Exception):
@@ -613,7 +616,7 @@ def log_weights_and_gradients(summaries, model, images, labels, epoch):
 # Distribution: one process, all devices of a machine, or several machines
 
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
-WORKER_TIMEOUT_SECONDS = 120  # a worker that waits longer than this for the others gives up
+WORKER_TIMEOUT_SECONDS = 120  # a worker that hears nothing from the others this long gives up
 TF_CONFIG_FIX = ('set it to {"cluster": {"worker": ["host:port", ...]}, '
                  '"task": {"type": "worker", "index": N}}, the same cluster on every worker')
 
@@ -656,8 +659,9 @@ def placement(distribute, gpus, tf_config):
     """How this run is spread, decided from the flag and the machine, before TensorFlow starts:
     (strategy: none, mirrored or multi-worker; this worker; whether the CPU settings apply)."""
     worker = worker_from_tf_config(tf_config) if tf_config else None
-    if distribute == "auto":
-        distribute = "multi-worker" if worker else "mirrored" if gpus > 1 else "none"
+    if distribute == "auto":  # mirrored on CPU cores: as fast as slices of a batch written by
+        # hand, which it replaced (bench/README.md); a single GPU needs no strategy
+        distribute = "multi-worker" if worker else "none" if gpus == 1 else "mirrored"
     if distribute == "multi-worker" and worker is None:
         raise UsageError(f"--distribute multi-worker needs the cluster in TF_CONFIG; {TF_CONFIG_FIX}")
     return distribute, (worker if distribute == "multi-worker" else ALONE), gpus == 0
@@ -668,9 +672,10 @@ def make_strategy(distribute, cpu_replicas):
     if distribute == "none":
         return tf.distribute.get_strategy()  # the default: this process's one device
     if distribute == "multi-worker":  # configured by TF_CONFIG, as under any launcher
+        # No timeout_seconds: TensorFlow 2.21 starts a thread per exchange to time it, which
+        # piled up to ten thousand threads in a minute and crashed; Watchdog bounds the wait.
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-            timeout_seconds=WORKER_TIMEOUT_SECONDS)
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()  # every GPU of this machine
@@ -678,17 +683,53 @@ def make_strategy(distribute, cpu_replicas):
     try:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-    except RuntimeError:  # TensorFlow already runs: an earlier run in this Python process
-        raise UsageError("--distribute mirrored must start in a new process on a machine without "
-                         "a GPU: its CPU devices are set before TensorFlow runs") from None
+    except RuntimeError:  # TensorFlow runs already (an earlier run in this Python process):
+        pass              # its CPU devices are fixed, so the replicas are as many as there are
     devices = [device.name for device in tf.config.list_logical_devices("CPU")][:cpu_replicas]
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+class Watchdog:
+    """Ends this worker with one line when training has not moved for `seconds`: a peer
+    that hangs (rather than dies, which TensorFlow reports at once) must not leave the
+    others waiting for ever. Training calls `alive()` after every step and checkpoint."""
+
+    def __init__(self, seconds, message):
+        self.seconds, self.message = seconds, message
+        self.last, self.done = time.monotonic(), threading.Event()
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def alive(self):
+        self.last = time.monotonic()
+
+    def watch(self):
+        while not self.done.wait(1.0):
+            if time.monotonic() - self.last > self.seconds:
+                print(self.message, file=sys.stderr, flush=True)
+                os._exit(1)  # the main thread is blocked inside TensorFlow: nothing else ends it
+
+    def stop(self):
+        self.done.set()
 
 
 def worker_lost_errors():
     """What TensorFlow raises on a worker whose peers died or stopped answering."""
     return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.AbortedError)
+
+
+def start_strategy(settings, distribute, on_cpu):
+    """Set TensorFlow's threads (on a CPU; on a GPU its own) and determinism, then make the
+    strategy: all of it before TensorFlow runs its first operation."""
+    cpu_replicas = settings.cpu_replicas or os.cpu_count()
+    if on_cpu:
+        inter_op = settings.inter_op_threads
+        if inter_op is None:  # one operation at once per replica: each core runs a replica's chain
+            inter_op = cpu_replicas if distribute == "mirrored" else INTER_OP_THREADS
+        configure_tensorflow(settings.intra_op_threads, inter_op)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return make_strategy(distribute, cpu_replicas)
 
 
 def agree_with_chief(strategy, worker, text, size=256):
@@ -711,68 +752,65 @@ def weights_fingerprint(model):
     return digest.hexdigest()[:16]
 
 
-def training_step(model, slices=2, strategy=None):
+def training_step(model, strategy=None):
     """One optimizer step as a graph on the distribution strategy (default: this process's
     one device): (images, labels) of the whole batch, and whether this process was asked
     to stop -> (mean loss, correct answers, stop requests), each summed over all replicas.
 
-    The batch is split between the strategy's replicas (devices or workers); each replica
-    cuts its part into `slices` slices that go through the model separately. An LSTM is
-    a chain of 28 small steps, each waiting for the one before, so one batch keeps only
-    one core busy; independent slices are independent chains that TensorFlow runs side
-    by side, one per core. The loss is the mean over the whole batch, so the gradient is
+    The batch is split between the strategy's replicas (CPU cores, GPUs or workers). On a
+    CPU this is what keeps every core busy: an LSTM is a chain of 28 small steps, each
+    waiting for the one before, so one batch keeps one core busy; a replica per core
+    runs a chain per core. The loss is the mean over the whole batch, so the gradient is
     the whole batch's, however it is split (tested).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    return traced_once(model, ("train", slices, id(strategy)),
-                       lambda: build_training_step(model, slices, strategy))
+    return traced_once(model, ("train", id(strategy)), lambda: build_training_step(model, strategy))
 
 
-def build_training_step(model, slices, strategy):
+def build_training_step(model, strategy):
     optimizer, variables = model.optimizer, model.trainable_variables
     signature = [rows_spec(model), tf.TensorSpec((None,), tf.int32)]
     total = tf.distribute.ReduceOp.SUM
 
-    @tf.function(input_signature=signature)
-    def slice_gradients(images, labels):  # traced once, called once per slice
+    def replica_step(images, labels, counted, batch_size, stop):
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            loss_sum = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(labels,
-                                                                                   probabilities))
-        predicted = tf.argmax(probabilities, axis=1, output_type=labels.dtype)
-        correct = tf.reduce_sum(tf.cast(predicted == labels, tf.int32))
-        return loss_sum, correct, tape.gradient(loss_sum, variables)
-
-    def replica_step(images, labels, batch_size, stop):
-        parts = [slice_gradients(images[start:end], labels[start:end])
-                 for start, end in slice_bounds(tf.shape(images)[0], slices)]
+            loss_sum = tf.reduce_sum(counted * keras.losses.sparse_categorical_crossentropy(
+                labels, probabilities))
         scale = 1.0 / batch_size  # the whole batch's mean, once the replicas' sums are added
-        gradients = [tf.add_n(list(g)) * scale for g in zip(*(p[2] for p in parts))]
+        gradients = [g * scale for g in tape.gradient(loss_sum, variables)]
         optimizer.apply_gradients(zip(gradients, variables))  # adds up the replicas' gradients
-        stops = tf.identity(stop)  # this replica's own copy, for the sum over replicas
-        return tf.add_n([p[0] for p in parts]) * scale, tf.add_n([p[1] for p in parts]), stops
+        predicted = tf.argmax(probabilities, axis=1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(predicted == labels, tf.int32) * tf.cast(counted, tf.int32))
+        return loss_sum * scale, correct, tf.identity(stop)  # identity: this replica's own copy
 
-    def all_replicas_step(images, labels, batch_size, stop):
-        results = strategy.run(replica_step, args=(images, labels, batch_size, stop))
+    def all_replicas_step(images, labels, counted, batch_size, stop):
+        results = strategy.run(replica_step, args=(images, labels, counted, batch_size, stop))
         return tuple(strategy.reduce(total, result, axis=None) for result in results)
 
     if strategy.num_replicas_in_sync == 1:  # plain tensors: a signature saves a retrace and time
         step = tf.function(all_replicas_step, input_signature=signature + [
-            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.int32)])
+            tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.int32)])
     else:  # each replica's part: a tensor per replica, which a signature cannot name
         step = tf.function(all_replicas_step, reduce_retracing=True)
 
     def run(images, labels, stop=False):
-        parts = slice_bounds(len(labels), strategy.num_replicas_in_sync)
+        n = len(labels)
+        # each replica its part of the batch; a replica left without a row (a batch smaller
+        # than the replicas) gets the first one, not counted: Keras's LSTM takes no empty batch
+        parts = [(start, end, 1.0) if end > start else (0, 1, 0.0)
+                 for start, end in slice_bounds(n, strategy.num_replicas_in_sync)]
 
-        def split(array, dtype):  # each replica its part of the batch
-            if len(parts) == 1:  # one replica: the batch as it is, 5% faster a step
-                return tf.convert_to_tensor(array, dtype)
+        def split(part_of):
+            if len(parts) == 1:
+                return tf.convert_to_tensor(part_of(parts[0]))
             return strategy.experimental_distribute_values_from_function(
-                lambda context: tf.convert_to_tensor(
-                    array[slice(*parts[context.replica_id_in_sync_group])], dtype))
-        return step(split(images, tf.float32), split(labels, tf.int32),
-                    tf.constant(float(len(labels))), tf.constant(int(stop)))
+                lambda context: tf.convert_to_tensor(part_of(parts[context.replica_id_in_sync_group])))
+        return step(split(lambda p: np.asarray(images[p[0]:p[1]], np.float32)),
+                    split(lambda p: np.asarray(labels[p[0]:p[1]], np.int32)),
+                    split(lambda p: np.full(p[1] - p[0], p[2], np.float32)),
+                    tf.constant(float(n)), tf.constant(int(stop)))
 
     return run
 
@@ -840,12 +878,16 @@ class Training:
         self.chief = worker.chief
         (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
         self.model = state.model
-        self.train_step = training_step(self.model, settings.slices, strategy)
+        self.train_step = training_step(self.model, strategy)
         self.steps_per_epoch = -(-len(self.x) // settings.batch_size)
         self.model_path = os.path.join(run_dir, MODEL_FILE)
         self.global_step = int(state.optimizer.iterations.numpy())
         self.quiet = quiet or not worker.chief
         self.checkpoints = Checkpoints(state, run_dir, summaries, worker)
+        self.watchdog = Watchdog(WORKER_TIMEOUT_SECONDS, (
+            f"rnn_mnist.py: error: worker {worker.index} of {worker.count} heard nothing from the "
+            f"others for {WORKER_TIMEOUT_SECONDS} s; start every worker again with --resume to go "
+            f"on from the last checkpoint in {run_dir}")) if worker.count > 1 else None
 
     def run(self):
         state, settings = self.state, self.settings
@@ -866,6 +908,8 @@ class Training:
         finally:
             bar.close()
             self.checkpoints.close()
+            if self.watchdog is not None:
+                self.watchdog.stop()
         return history_of(state)
 
     def epoch(self, epoch, stop):
@@ -892,6 +936,7 @@ class Training:
                 bar.set_postfix(ordered_dict={"loss": f"{sums[0] / sums[2]:.4f}",
                                               "acc": f"{sums[1] / sums[2]:.2%}"}, refresh=False)
                 bar.update(1)
+                self.heard_from_all()
                 self.log_batch(loss, correct / n)
                 if stops or self.global_step % settings.checkpoint_every == 0:
                     mark = self.add_training_time(mark)
@@ -933,7 +978,12 @@ class Training:
         state.history.assign(json.dumps(history_of(state) + [record]))
         state.epoch.assign(epoch)
         self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0])
+        self.heard_from_all()
         return monitored
+
+    def heard_from_all(self):  # a step or a checkpoint done: every worker took part
+        if self.watchdog is not None:
+            self.watchdog.alive()
 
     def log_epoch(self, epoch, record, probabilities):
         summaries, settings = self.summaries, self.settings
@@ -1655,20 +1705,18 @@ def build_parser():
                           metavar="N",
                           help="threads that share one TensorFlow operation (0: TensorFlow's "
                                "choice); this model's operations are too small to split well")
-    training.add_argument("--inter-op-threads", type=non_negative_int, default=INTER_OP_THREADS,
-                          metavar="N",
-                          help="TensorFlow operations that may run at once (0: TensorFlow's choice)")
-    training.add_argument("--slices", type=positive_int, default=2, metavar="N",
-                          help="cut each batch into N slices that run side by side, one per "
-                               "core; the gradient stays the whole batch's")
+    training.add_argument("--inter-op-threads", type=non_negative_int, metavar="N",
+                          help="TensorFlow operations that may run at once (0: TensorFlow's "
+                               "choice); default: one per CPU replica, so each core runs a replica")
     training.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
-                          help="where to train: none (this process, its CPU or one GPU), mirrored "
+                          help="where to train: none (one device: one core, or one GPU), mirrored "
                                "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
                                "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
-                               "when TF_CONFIG is set, mirrored with 2 or more GPUs, else none")
+                               "when TF_CONFIG is set, else mirrored, or none with exactly one GPU")
     training.add_argument("--cpu-replicas", type=positive_int, metavar="N",
-                          help="with --distribute mirrored on a machine without a GPU: replicas, one "
-                               "per logical CPU device; default: the number of cores")
+                          help="on a machine without a GPU: replicas of the model, one per logical "
+                               "CPU device, each training on its part of the batch; default: the "
+                               "number of cores")
     training.add_argument("--deterministic", action="store_true",
                           help="make every operation deterministic (a little slower): the same "
                                "seed and settings give the same weights, resumed or not")
@@ -1807,7 +1855,7 @@ def check_sizes(n_train_images, args):
 
 # Settings a resumed run may change (when given); any other must match its config.json.
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
-                      "resume", "intra_op_threads", "inter_op_threads", "slices", "distribute",
+                      "resume", "intra_op_threads", "inter_op_threads", "distribute",
                       "cpu_replicas"}
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
 MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
@@ -1915,11 +1963,7 @@ def run(args, given):
     quiet_tensorflow(settings.verbose)
     distribute, worker, on_cpu = placement(settings.distribute,
                                            len(tf.config.list_physical_devices("GPU")), tf_config)
-    if on_cpu:  # tuned for a CPU; on a GPU, TensorFlow's own thread settings
-        configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
-    if settings.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(distribute, settings.cpu_replicas or os.cpu_count())
+    strategy = start_strategy(settings, distribute, on_cpu)
     if worker.count > 1:
         settings, run_dir = agreed_run(strategy, worker, settings, run_dir, args, given)
     if args.resume is None and worker.chief:

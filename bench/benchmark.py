@@ -63,7 +63,7 @@ def prepared(settings, strategy):
 def throughput(settings, strategy, warmup=30, timed=300):
     """Training samples/s of the real training step, after warm-up (all replicas together)."""
     model, (x, y), _, _ = prepared(settings, strategy)
-    step = rnn_mnist.training_step(model, settings.slices, strategy)
+    step = rnn_mnist.training_step(model, strategy)
     batches = rnn_mnist.prefetched(rnn_mnist.epoch_batches(x, y, settings.batch_size, settings.seed,
                                                            0, settings.shift))
     for _, (images, labels) in zip(range(warmup), batches):
@@ -127,12 +127,10 @@ def main(argv=None):
     settings = default_settings(args.data, args.epochs, flags)
     distribute, worker, on_cpu = rnn_mnist.placement(
         settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
-    if on_cpu:
-        rnn_mnist.configure_tensorflow(settings.intra_op_threads, settings.inter_op_threads)
-    strategy = rnn_mnist.make_strategy(distribute, settings.cpu_replicas or os.cpu_count())
+    strategy = rnn_mnist.start_strategy(settings, distribute, on_cpu)
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
               "cores": os.cpu_count(), "flags": flags, "batch_size": settings.batch_size,
-              "units": settings.units, "cell": settings.cell, "slices": settings.slices,
+              "units": settings.units, "cell": settings.cell,
               "strategy": distribute, "replicas": strategy.num_replicas_in_sync,
               "samples_per_second": round(throughput(settings, strategy))}
     if args.torch_python:

@@ -140,6 +140,13 @@ def user_pictures(tmp_path_factory):
 
 
 def pytest_configure(config):
+    # Two CPU devices, as `python rnn_mnist.py` makes on a 2-core machine, set before any
+    # test starts TensorFlow: the runs made in this process then train as the command does.
+    import rnn_mnist
+    tf = rnn_mnist.import_tensorflow()["tf"]  # quietly, as the script imports it
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
     # Keras 3.15 calls np.array(tensor) in a way NumPy 2 warns about; it is not ours to fix.
     config.addinivalue_line("filterwarnings",
                             "ignore:__array__ implementation doesn't accept a copy keyword")

@@ -34,7 +34,7 @@ for n in (16, 15):  # an odd batch splits 8 + 7
             model = rnn_mnist.make_model((28, 28), units=16)
             rnn_mnist.compile_model(model, 0.01, 100)
             model.optimizer.build(model.trainable_variables)
-        loss, correct, _ = rnn_mnist.training_step(model, 2, where)(images, labels)
+        loss, correct, _ = rnn_mnist.training_step(model, where)(images, labels)
         weights[name] = [w.tolist() for w in model.get_weights()]
         results[f"{name} {n} loss"] = float(loss)
     results[f"replicas {strategy.num_replicas_in_sync}"] = True
@@ -51,7 +51,9 @@ def test_one_step_on_two_replicas_moves_the_weights_as_one_device_does():
     results = json.loads(done.stdout.splitlines()[-1])
     assert results["replicas 2"]
     for n in (16, 15):
-        assert results[f"batch {n}"] < 1e-6, results  # Adam's step, with the global batch's mean
+        # Adam's first step moves each weight by about the rate, 0.01; the two differ by
+        # float rounding only (the sums are added in another order)
+        assert results[f"batch {n}"] < 1e-5, results
         assert results[f"one device {n} loss"] == pytest.approx(results[f"two replicas {n} loss"], abs=1e-6)
 
 
@@ -188,7 +190,7 @@ def test_multi_worker_without_tf_config_is_refused(tmp_path, tiny_npz, capsys, m
 
 def test_auto_picks_the_engine_for_the_machine():
     tf_config = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
-    assert rnn_mnist.placement("auto", 0, None) == ("none", rnn_mnist.ALONE, True)
+    assert rnn_mnist.placement("auto", 0, None) == ("mirrored", rnn_mnist.ALONE, True)  # CPU cores
     assert rnn_mnist.placement("auto", 1, None) == ("none", rnn_mnist.ALONE, False)
     assert rnn_mnist.placement("auto", 4, None) == ("mirrored", rnn_mnist.ALONE, False)
     assert rnn_mnist.placement("auto", 0, tf_config) == ("multi-worker", rnn_mnist.Worker(1, 2, False), True)
