@@ -156,6 +156,34 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
 WORKER_STOP_SECONDS = 60  # a lost worker is noticed at the next all-reduce: well within this
 
 
+def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+    data = tmp_path / "digits.npz"
+    np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["--data", str(data), "--batch-size", "8", "--epochs", "6", "--units", "8",
+            "--validation-size", "40", "--checkpoint-every", "1000", "--logdir", "runs",
+            "--run-name", "stopped", "--quiet"]
+    chief, other = start_workers(argv, tmp_path, tmp, free_ports(2))
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(tmp_path / "runs" / "stopped" / "checkpoints" / "checkpoint"):
+            assert chief.poll() is None and time.monotonic() < deadline, chief.stderr.read()
+            time.sleep(0.05)  # the first checkpoint: the end of epoch 1
+        other.send_signal(signal.SIGINT)
+        (chief_status, _, chief_err), (other_status, _, other_err) = finish([chief, other], 120)
+    finally:
+        chief.kill()
+        other.kill()
+    assert other_status == 128 + signal.SIGINT and other_err.startswith("SIGINT received: stopped at ")
+    assert chief_status != 0 and chief_err.startswith("another worker stopped: stopped at ")
+    # the same place in both messages, and a checkpoint of it in the run folder
+    assert chief_err.split(": stopped at ")[1].split(",")[:2] == other_err.split(": stopped at ")[1].split(",")[:2]
+    index = (tmp_path / "runs" / "stopped" / "checkpoints" / "checkpoint").read_text()
+    assert "ckpt-250" not in index.splitlines()[0]  # a checkpoint newer than the epoch's end
+    assert not [name for name in os.listdir(tmp) if name.startswith("rnn_mnist-")]
+
+
 BAD_TF_CONFIG = [
     ("{not json", "TF_CONFIG is not JSON"),
     ('{"task": {"type": "worker", "index": 0}}', "TF_CONFIG names no cluster of workers"),
