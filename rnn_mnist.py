@@ -1550,6 +1550,9 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True  # what follows the headers cannot be told apart
             return self.send_json(411, {"error": "send the picture's bytes with a Content-Length"})
         if length > MAX_BODY:
             self.drain(length)
@@ -1594,14 +1597,22 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class PageServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # one line, not the standard traceback
+        error = sys.exc_info()[1]
+        print(f"rnn_mnist.py serve: a request from {client_address[0]} failed "
+              f"({type(error).__name__}: {error})", file=sys.stderr)
+
+
 def page_server(reader, host="127.0.0.1", port=8000, verbose=False):
     """An HTTP server for the page, bound but not yet serving (call serve_forever)."""
     try:
-        server = http.server.ThreadingHTTPServer((host, port), PageHandler)
+        server = PageServer((host, port), PageHandler)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); give --port another "
                          "number (0: any free one) or --host an address of this machine") from None
-    server.daemon_threads = True
     server.reader, server.verbose = reader, verbose
     return server
 

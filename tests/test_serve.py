@@ -110,6 +110,9 @@ def test_requests_the_api_does_not_take_get_json_errors(page):
                                  ("POST", "/api/other", 404), ("GET", "/../rnn_mnist.py", 404)]:
         got, content_type, body = request(page, method, path, b"x" if method == "POST" else None)
         assert (got, content_type) == (status, "application/json") and "error" in json.loads(body)
+    for length in ("-1", "many"):
+        got, _, body = request(page, "POST", "/api/read", headers={"Content-Length": length})
+        assert got == 411 and "Content-Length" in json.loads(body)["error"]
     connection = http.client.HTTPConnection(page, timeout=30)  # no Content-Length at all
     connection.putrequest("POST", "/api/read")
     connection.endheaders()
