@@ -1708,11 +1708,11 @@ def build_parser():
     model.add_argument("--layers", type=positive_int, default=1, metavar="N",
                        help="stacked recurrent layers")
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=15, metavar="N",
+    training.add_argument("--epochs", type=positive_int, default=8, metavar="N",
                           help="passes over the training set")
     training.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
                           help="images per step")
-    training.add_argument("--learning-rate", type=positive_float, default=3e-3, metavar="RATE",
+    training.add_argument("--learning-rate", type=positive_float, default=5e-3, metavar="RATE",
                           help="Adam's starting learning rate")
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                           help="cosine: decay the rate to zero over the run; constant: keep it")

@@ -1,17 +1,18 @@
-"""rnn_mnist's speed, measured: training throughput, time to accuracy, memory, prediction.
+"""rnn_mnist's speed, measured: time to a trained model, training throughput, memory, prediction.
 
-    python bench/benchmark.py --data ../shared/data/mnist.npz
+    python bench/benchmark.py --data ../shared/data/mnist.npz --seeds 1 2 3 \
+        --torch-python ../torch-venv/bin/python --torch-batch 256:0.004
     python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only
-    python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only --slices 1
-    python bench/benchmark.py --data ../shared/data/mnist.npz \
-        --torch-python ../torch-venv/bin/python --torch-peer ../shared/bench/torch_peer.py
+    python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only --distribute none
 
-Prints one JSON object. Training runs the default settings of `rnn_mnist.py`
-(or those its training flags, given after the benchmark's own, change)
-through its own training loop, one epoch at a time, and tests after each epoch
-(only here, to time the accuracy: a real run tests once, at the end). With
---torch-python, the PyTorch peer trains the same model at the same batch size
-right after, in the same sitting, and the ratio of the two throughputs is given.
+Prints one JSON object. Training runs the default settings of `rnn_mnist.py` (or
+those its training flags, given after the benchmark's own, change) through its own
+training loop, one epoch at a time, and tests after each epoch (only here, to time
+the accuracy: a real run tests once, at the end), once per seed. The JSON names the
+recipe it ran. With --torch-python, in the same sitting: the PyTorch peer's plain
+recipe at the same batch size, for a ratio of throughputs, and its tuned recipe
+(rnn_mnist's own, in PyTorch) with the same batch size, learning rate, epochs and
+seeds, and with each other batch size and rate given by --torch-batch.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,10 +79,11 @@ def throughput(settings, strategy, warmup=30, timed=300):
 
 
 def time_to_accuracy(settings, strategy, worker):
-    """Train with the default settings, testing after each epoch; training seconds per epoch."""
+    """Train with `settings`, testing after each epoch: (the epochs' training seconds and test
+    accuracy, prediction images/s)."""
     model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy)
     state = rnn_mnist.training_state(model)
-    curve, reached = [], {}
+    curve = []
     with tempfile.TemporaryDirectory() as run_dir:
         summaries = rnn_mnist.SummaryBuffer(run_dir)
         target_epochs = settings.epochs
@@ -92,22 +95,85 @@ def time_to_accuracy(settings, strategy, worker):
             seconds = float(state.train_seconds.numpy())
             curve.append({"epoch": epoch, "train_seconds": round(seconds, 1),
                           "test_accuracy": accuracy})
-            for target in TARGETS:
-                if accuracy >= target and target not in reached:
-                    reached[target] = {"epoch": epoch, "train_seconds": round(seconds, 1)}
         summaries.close()
         settings.epochs = target_epochs
     started = time.perf_counter()
     rnn_mnist.predict(model, x_test)
     predict_rate = len(x_test) / (time.perf_counter() - started)
-    return curve, reached, predict_rate
+    return curve, predict_rate
 
 
-def torch_peer(python, peer, data, batch_size, epochs):
-    """Run the PyTorch peer's plain recipe; its JSON lines, as dicts."""
-    result = subprocess.run([python, peer, data, "--recipe", "plain", "--epochs", str(epochs),
-                             "--batch", str(batch_size)], capture_output=True, text=True, check=True)
+def recipe(settings, training_images):
+    """What the time-to-accuracy runs train with, in words the PyTorch peer takes too."""
+    schedule = {"cosine": "cosine to zero over all steps", "constant": "constant"}[settings.lr_schedule]
+    return {"model": f"{settings.layers} x {settings.cell.upper()}({settings.units})",
+            "training_images": training_images, "batch_size": settings.batch_size,
+            "optimizer": "Adam", "learning_rate": settings.learning_rate,
+            "lr_schedule": schedule, "epochs": settings.epochs, "shift_pixels": settings.shift}
+
+
+def reached_first(curve):
+    """{target: {epoch, train_seconds}} for each target the curve of epochs reaches."""
+    reached = {}
+    for point in curve:
+        for target in TARGETS:
+            if point["test_accuracy"] >= target and f"{target:.2%}" not in reached:
+                reached[f"{target:.2%}"] = {"epoch": point["epoch"], "train_seconds": point["train_seconds"]}
+    return reached
+
+
+def medians(runs):
+    """Median training seconds to each target over seeds; a seed that never reached it
+    counts as slower than all, so the median is None when half of them missed."""
+    result = {}
+    for target in (f"{t:.2%}" for t in TARGETS):
+        times = sorted(run["reached"][target]["train_seconds"] if target in run["reached"]
+                       else float("inf") for run in runs)
+        median = statistics.median(times)
+        result[target] = None if median == float("inf") else median
+    return result
+
+
+def time_to_accuracy_seeds(settings, strategy, worker, seeds):
+    runs, predict_rate = [], None
+    for seed in seeds:
+        settings.seed = seed
+        curve, predict_rate = time_to_accuracy(settings, strategy, worker)
+        runs.append({"seed": seed, "reached": reached_first(curve),
+                     "final_test_accuracy": curve[-1]["test_accuracy"], "curve": curve})
+    return runs, predict_rate
+
+
+def torch_peer(python, peer, data, *options):
+    """Run the PyTorch peer; its JSON lines (one per epoch), as dicts."""
+    result = subprocess.run([python, peer, data, *map(str, options)], capture_output=True, text=True,
+                            check=True)
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def torch_tuned(args, settings, batch_size, learning_rate, seeds):
+    """The PyTorch peer on rnn_mnist's recipe (cosine to zero, shifts, the same images) at
+    `batch_size` and `learning_rate`, with rnn_mnist's epochs, once per seed."""
+    runs = []
+    for seed in seeds:
+        epochs = torch_peer(args.torch_python, args.torch_peer, args.data, "--recipe", "tuned",
+                            "--epochs", settings.epochs, "--batch", batch_size,
+                            "--lr", learning_rate, "--shift", settings.shift, "--seed", seed)
+        curve = [{"epoch": e["epoch"], "train_seconds": e["train_s"], "test_accuracy": e["test_acc"]}
+                 for e in epochs]
+        runs.append({"seed": seed, "reached": reached_first(curve),
+                     "final_test_accuracy": curve[-1]["test_accuracy"],
+                     "samples_per_second": epochs[-1]["samples_per_s"], "curve": curve})
+    return {"batch_size": batch_size, "learning_rate": learning_rate, "epochs": settings.epochs,
+            "median_seconds_to_accuracy": medians(runs), "runs": runs}
+
+
+def batch_and_rate(text):
+    try:
+        batch, rate = text.split(":")
+        return int(batch), float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCH:RATE, for example 256:0.004") from None
 
 
 def main(argv=None):
@@ -121,28 +187,39 @@ def main(argv=None):
     parser.add_argument("--torch-python", help="a Python with torch, to run the PyTorch peer")
     parser.add_argument("--torch-peer", default=os.path.join("..", "shared", "bench", "torch_peer.py"),
                         help="the PyTorch peer script")
-    parser.add_argument("--torch-epochs", type=int, default=2, help="epochs of the PyTorch peer")
+    parser.add_argument("--torch-epochs", type=int, default=2,
+                        help="epochs of the PyTorch peer's plain recipe, for the throughput ratio")
+    parser.add_argument("--torch-batch", type=batch_and_rate, nargs="*", default=[], metavar="BATCH:RATE",
+                        help="more batch sizes (with their learning rates) for the PyTorch peer's "
+                             "tuned recipe, besides rnn_mnist's own")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds of the time-to-accuracy runs "
+                                                             "(default: rnn_mnist.py's)")
     args, flags = parser.parse_known_args(argv)  # the rest: rnn_mnist.py's own training flags
 
     settings = default_settings(args.data, args.epochs, flags)
+    seeds = args.seeds or [settings.seed]
     distribute, worker, on_cpu = rnn_mnist.placement(
         settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
     strategy = rnn_mnist.start_strategy(settings, distribute, on_cpu)
+    training_images = len(rnn_mnist.load_mnist(settings.data)[0]) - settings.validation_size
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
-              "cores": os.cpu_count(), "flags": flags, "batch_size": settings.batch_size,
-              "units": settings.units, "cell": settings.cell,
+              "cores": os.cpu_count(), "flags": flags, "recipe": recipe(settings, training_images),
               "strategy": distribute, "replicas": strategy.num_replicas_in_sync,
               "samples_per_second": round(throughput(settings, strategy))}
     if args.torch_python:
-        epochs = torch_peer(args.torch_python, args.torch_peer, args.data, settings.batch_size,
-                            args.torch_epochs)
-        report["torch_samples_per_second"] = epochs[-1]["samples_per_s"]
-        report["ratio_to_torch"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
+        epochs = torch_peer(args.torch_python, args.torch_peer, args.data, "--recipe", "plain",
+                            "--epochs", args.torch_epochs, "--batch", settings.batch_size)
+        report["torch_plain_samples_per_second"] = epochs[-1]["samples_per_s"]
+        report["ratio_to_torch_plain"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
     if not args.throughput_only:
-        curve, reached, predict_rate = time_to_accuracy(settings, strategy, worker)
-        report["seconds_to_accuracy"] = {f"{target:.2%}": reached.get(target) for target in TARGETS}
-        report["accuracy_curve"] = curve
+        runs, predict_rate = time_to_accuracy_seeds(settings, strategy, worker, seeds)
+        report["median_seconds_to_accuracy"] = medians(runs)
+        report["runs"] = runs
         report["predict_images_per_second"] = round(predict_rate)
+        if args.torch_python:
+            report["torch_tuned"] = [
+                torch_tuned(args, settings, batch_size, rate, seeds)
+                for batch_size, rate in [(settings.batch_size, settings.learning_rate), *args.torch_batch]]
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(report, indent=1))
     return report
