@@ -496,9 +496,9 @@ def training_state(model):
     return state
 
 
-def checkpoint_manager(state, run_dir):
-    return tf.train.CheckpointManager(tf.train.Checkpoint(state=state),
-                                      os.path.join(run_dir, "checkpoints"), max_to_keep=3)
+def checkpoint_manager(state, folder):
+    """Saves `state` into `folder` and finds its latest checkpoint there; keeps the last three."""
+    return tf.train.CheckpointManager(tf.train.Checkpoint(state=state), folder, max_to_keep=3)
 
 
 def history_of(state):
@@ -845,8 +845,7 @@ class Checkpoints:
             self.folder = os.path.join(tempfile.gettempdir(), f"rnn_mnist-{os.path.basename(run_dir)}"
                                                               f"-worker{worker.index}-checkpoints")
             self.close()
-        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(state=state), self.folder,
-                                                  max_to_keep=3)
+        self.manager = checkpoint_manager(state, self.folder)
 
     def save(self, global_step, step_in_epoch, sums):
         self.state.step_in_epoch.assign(step_in_epoch)
@@ -1915,7 +1914,7 @@ def resumed_settings(args, given):
 
 def restore(state, run_dir):
     """Load the latest checkpoint into `state`; refuse one that does not fit the model."""
-    manager = checkpoint_manager(state, run_dir)
+    manager = checkpoint_manager(state, os.path.join(run_dir, "checkpoints"))
     state.optimizer.build(state.model.trainable_variables)  # so its slots exist to restore into
     try:
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -1945,7 +1944,8 @@ def prepare_training(settings, x_train, y_train, unroll=True):
 def print_summary(metrics, run_dir, logdir):
     print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
           f"{metrics['test_images']:,} images)")
-    print(f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
+    epochs = f"{metrics['epochs']} epoch" + ("s" if metrics["epochs"] != 1 else "")
+    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s "
           f"({metrics['samples_per_second']:,.0f} samples/s); best epoch {metrics['best_epoch']}")
     print(f"run saved in {run_dir}  ({MODEL_FILE}, config.json, metrics.json, TensorBoard logs)")
     print(f"view it with: tensorboard --logdir {logdir}")

@@ -130,6 +130,7 @@ def test_console_shows_one_line_for_a_mistake_and_no_tensorflow_chatter(tmp_path
     for chatter in ("oneDNN", "absl", "I0000", "WARNING", "Traceback"):
         assert chatter not in good.stderr + good.stdout
     assert "test accuracy" in good.stdout
+    assert "trained 2 epochs in " in good.stdout
     assert f"tensorboard --logdir {rnn_mnist.DEFAULT_LOGDIR}" in good.stdout
     assert (tmp_path / "Visualize" / "quiet" / "model.keras").is_file()
 
@@ -206,3 +207,10 @@ def test_a_misspelt_command_is_named_with_the_nearest_one(capsys, word, suggesti
     commands = ", ".join(rnn_mnist.COMMANDS)
     assert capsys.readouterr().err == (f"rnn_mnist.py: error: '{word}' is not a command; {suggestion}"
                                        f"the commands are {commands} (python rnn_mnist.py COMMAND --help)\n")
+
+
+def test_the_summary_of_a_one_epoch_run_says_epoch(capsys):
+    rnn_mnist.print_summary({"test_accuracy": 0.97, "test_loss": 0.1, "test_images": 10_000, "epochs": 1,
+                             "train_seconds": 6.6, "samples_per_second": 8390.0, "best_epoch": 1},
+                            "Visualize/r", "Visualize")
+    assert "trained 1 epoch in 6.6 s (8,390 samples/s); best epoch 1" in capsys.readouterr().out
