@@ -803,9 +803,10 @@ def build_training_step(model, strategy):
         # batch: the same shapes as the others, so the graph is not traced again, which took
         # a second) and to a row per replica at least (Keras's LSTM takes no empty batch).
         padding = max(n, rows, replicas) - n
-        images = np.concatenate([np.asarray(images, np.float32),
-                                 np.zeros((padding, *np.shape(images)[1:]), np.float32)])
-        labels = np.concatenate([np.asarray(labels, np.int32), np.zeros(padding, np.int32)])
+        images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
+        if padding:  # once an epoch at most: a full batch is not copied
+            images = np.pad(images, [(0, padding)] + [(0, 0)] * (images.ndim - 1))
+            labels = np.pad(labels, (0, padding))
         counted = np.arange(len(labels)) < n
         parts = slice_bounds(len(labels), replicas)
 
