@@ -58,16 +58,16 @@ def default_settings(data, epochs=None, flags=()):
     return settings
 
 
-def prepared(settings, strategy):
-    x_train, y_train, x_test, y_test = rnn_mnist.load_mnist(settings.data)
+def prepared(settings, strategy, mnist):
+    x_train, y_train, x_test, y_test = mnist
     with strategy.scope():
         model, train_data, val_data = rnn_mnist.prepare_training(settings, x_train, y_train)
     return model, train_data, val_data, (rnn_mnist.as_sequences(x_test), y_test)
 
 
-def throughput(settings, strategy, warmup=30, timed=300):
+def throughput(settings, strategy, mnist, warmup=30, timed=300):
     """Training samples/s of the real training step, after warm-up (all replicas together)."""
-    model, (x, y), _, _ = prepared(settings, strategy)
+    model, (x, y), _, _ = prepared(settings, strategy, mnist)
     step = rnn_mnist.training_step(model, strategy)
     batches = rnn_mnist.prefetched(  # epoch after epoch, for as many steps as asked
         batch for epoch in itertools.count()
@@ -82,10 +82,10 @@ def throughput(settings, strategy, warmup=30, timed=300):
     return seen / (time.perf_counter() - started)
 
 
-def time_to_accuracy(settings, strategy, worker):
+def time_to_accuracy(settings, strategy, worker, mnist):
     """Train with `settings`, testing after each epoch: (the epochs' training seconds and test
     accuracy, prediction images/s)."""
-    model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy)
+    model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy, mnist)
     state = rnn_mnist.training_state(model)
     curve = []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -138,12 +138,18 @@ def medians(runs):
     return result
 
 
-def our_run(settings, strategy, worker, seed):
+def run_record(seed, curve, **more):
+    """One time-to-accuracy run, rnn_mnist's or the peer's: when it reached each target, how
+    it ended, its curve of epochs."""
+    return {"seed": seed, **more, "reached": reached_first(curve),
+            "final_test_accuracy": curve[-1]["test_accuracy"], "curve": curve}
+
+
+def our_run(settings, strategy, worker, mnist, seed):
     """One time-to-accuracy run of rnn_mnist with `seed`; prediction images/s after it."""
     settings.seed = seed
-    curve, predict_rate = time_to_accuracy(settings, strategy, worker)
-    return {"seed": seed, "reached": reached_first(curve),
-            "final_test_accuracy": curve[-1]["test_accuracy"], "curve": curve}, predict_rate
+    curve, predict_rate = time_to_accuracy(settings, strategy, worker, mnist)
+    return run_record(seed, curve), predict_rate
 
 
 def torch_peer(python, peer, data, *options):
@@ -161,22 +167,22 @@ def torch_run(args, settings, batch_size, learning_rate, seed):
     epochs = torch_peer(args.torch_python, args.torch_peer, args.data, *options)
     curve = [{"epoch": e["epoch"], "train_seconds": e["train_s"], "test_accuracy": e["test_acc"]}
              for e in epochs]
-    return {"seed": seed, "peer_options": " ".join(map(str, options)), "reached": reached_first(curve),
-            "final_test_accuracy": curve[-1]["test_accuracy"],
-            "samples_per_second": epochs[-1]["samples_per_s"], "curve": curve}
+    return run_record(seed, curve, peer_options=" ".join(map(str, options)),
+                      samples_per_second=epochs[-1]["samples_per_s"])
 
 
-def time_to_accuracy_sitting(args, settings, strategy, worker, seeds):
+def time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds):
     """rnn_mnist's runs and the PyTorch peer's (when asked), seed after seed, so that the
     machine's slow minutes fall on both alike: (our runs, the peer's per batch and rate,
     prediction images/s)."""
-    peer_recipes = [(settings.batch_size, settings.learning_rate), *args.torch_batch]
-    ours, theirs, predict_rate = [], {recipe: [] for recipe in peer_recipes}, None
+    # each (batch, rate) once, even when --torch-batch repeats rnn_mnist's own
+    theirs = {recipe: [] for recipe in [(settings.batch_size, settings.learning_rate), *args.torch_batch]}
+    ours, predict_rate = [], None
     for seed in seeds:
-        run, predict_rate = our_run(settings, strategy, worker, seed)
+        run, predict_rate = our_run(settings, strategy, worker, mnist, seed)
         ours.append(run)
         if args.torch_python:
-            for batch_size, rate in peer_recipes:
+            for batch_size, rate in theirs:
                 theirs[batch_size, rate].append(torch_run(args, settings, batch_size, rate, seed))
     return ours, [{"batch_size": batch_size, "learning_rate": rate, "epochs": settings.epochs,
                    "median_seconds_to_accuracy": medians(runs), "runs": runs}
@@ -216,18 +222,19 @@ def main(argv=None):
     distribute, worker, on_cpu = rnn_mnist.placement(
         settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
     strategy = rnn_mnist.start_strategy(settings, distribute, on_cpu)
-    training_images = len(rnn_mnist.load_mnist(settings.data)[0]) - settings.validation_size
+    mnist = rnn_mnist.load_mnist(settings.data)  # once, for every run of the sitting
+    training_images = len(mnist[0]) - settings.validation_size
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
               "cores": os.cpu_count(), "flags": flags, "recipe": recipe(settings, training_images),
               "strategy": distribute, "replicas": strategy.num_replicas_in_sync,
-              "samples_per_second": round(throughput(settings, strategy))}
+              "samples_per_second": round(throughput(settings, strategy, mnist))}
     if args.torch_python:
         epochs = torch_peer(args.torch_python, args.torch_peer, args.data, "--recipe", "plain",
                             "--epochs", args.torch_epochs, "--batch", settings.batch_size)
         report["torch_plain_samples_per_second"] = epochs[-1]["samples_per_s"]
         report["ratio_to_torch_plain"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
     if not args.throughput_only:
-        runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, strategy, worker, seeds)
+        runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds)
         report["median_seconds_to_accuracy"] = medians(runs)
         report["runs"] = runs
         report["predict_images_per_second"] = round(predict_rate)

@@ -26,7 +26,7 @@ def test_the_benchmark_names_its_recipe_and_gives_the_peer_the_same(tmp_path, ti
     peer = tmp_path / "peer.py"
     peer.write_text(PEER)
     report = benchmark.main(["--data", tiny_npz, "--seeds", "3", "4", "--torch-python", sys.executable,
-                             "--torch-peer", str(peer), "--torch-batch", "64:0.004",
+                             "--torch-peer", str(peer), "--torch-batch", "64:0.004", "32:0.01",
                              "--epochs", "2", "--batch-size", "32", "--units", "8",
                              "--learning-rate", "0.01", "--validation-size", "40"])
     assert report["recipe"] == {"model": "1 x LSTM(8)", "training_images": 200, "batch_size": 32,
@@ -35,8 +35,9 @@ def test_the_benchmark_names_its_recipe_and_gives_the_peer_the_same(tmp_path, ti
                                 "shift_pixels": 2}
     assert [run["seed"] for run in report["runs"]] == [3, 4]
     assert all(len(run["curve"]) == 2 for run in report["runs"])
-    same, other = report["torch_tuned"]
+    same, other = report["torch_tuned"]  # 32:0.01 is rnn_mnist's own: run once, not twice
     for tuned, batch, rate in ((same, "32", "0.01"), (other, "64", "0.004")):
+        assert len(tuned["runs"]) == 2  # one per seed
         for run, seed in zip(tuned["runs"], ("3", "4")):
             assert run["peer_options"] == (f"--recipe tuned --epochs 2 --batch {batch} --lr {rate} "
                                            f"--shift 2 --seed {seed}")
