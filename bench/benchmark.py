@@ -66,19 +66,27 @@ def prepared(settings, strategy, mnist):
 
 
 def throughput(settings, strategy, mnist, warmup=30, timed=300):
-    """Training samples/s of the real training step, after warm-up (all replicas together)."""
+    """Training samples/s of the real training step, after warm-up (all replicas together),
+    called as training calls it: `--steps-per-execution` steps at a time."""
     model, (x, y), _, _ = prepared(settings, strategy, mnist)
-    step = rnn_mnist.training_step(model, strategy)
-    batches = rnn_mnist.prefetched(  # epoch after epoch, for as many steps as asked
-        batch for epoch in itertools.count()
-        for batch in rnn_mnist.epoch_batches(x, y, settings.batch_size, settings.seed, epoch, settings.shift))
-    for _, (images, labels) in zip(range(warmup), batches):
-        step(images, labels)
-    started, seen = time.perf_counter(), 0
-    for _, (images, labels) in zip(range(timed), batches):
-        loss, *_ = step(images, labels)
-        seen += len(labels)
-    assert np.isfinite(float(loss))
+    step = rnn_mnist.training_step(model, strategy, settings.steps_per_execution)
+    chunks = rnn_mnist.prefetched(rnn_mnist.chunked(  # epoch after epoch, for as many steps as asked
+        (batch for epoch in itertools.count()
+         for batch in rnn_mnist.epoch_batches(x, y, settings.batch_size, settings.seed, epoch, settings.shift)),
+        settings.steps_per_execution, settings.checkpoint_every))
+
+    def train(steps):
+        done = seen = 0
+        while done < steps:
+            chunk = next(chunks)
+            losses, _, _ = step(chunk, rows=settings.batch_size)
+            done, seen = done + len(chunk), seen + sum(len(labels) for _, labels in chunk)
+        assert np.all(np.isfinite(losses))
+        return seen
+
+    train(warmup)
+    started = time.perf_counter()
+    seen = train(timed)
     return seen / (time.perf_counter() - started)
 
 

@@ -34,7 +34,7 @@ for n in (16, 15):  # an odd batch splits 8 + 7
             model = rnn_mnist.make_model((28, 28), units=16)
             rnn_mnist.compile_model(model, 0.01, 100)
             model.optimizer.build(model.trainable_variables)
-        loss, correct, _ = rnn_mnist.training_step(model, where)(images, labels)
+        (loss,), (correct,), _ = rnn_mnist.training_step(model, where)([(images, labels)])
         weights[name] = [w.tolist() for w in model.get_weights()]
         results[f"{name} {n} loss"] = float(loss)
     results[f"replicas {strategy.num_replicas_in_sync}"] = True

@@ -34,7 +34,7 @@ def test_one_training_step_lowers_the_loss():
     model = rnn_mnist.make_model(x.shape[1:], units=16)
     rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
     before = model.evaluate(x, y, verbose=0)[0]
-    loss, correct, _ = rnn_mnist.training_step(model)(x, y)
+    (loss,), (correct,), _ = rnn_mnist.training_step(model)([(x, y)])
     after = model.evaluate(x, y, verbose=0)[0]
     assert after < before
     assert float(loss) == pytest.approx(before, rel=1e-4)  # the step reports the loss it started from
@@ -59,7 +59,7 @@ def test_splitting_the_batch_between_replicas_gives_the_whole_batchs_step(batch)
             rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
             model.optimizer.build(model.trainable_variables)
         initial = model.get_weights()
-        loss, correct, _ = rnn_mnist.training_step(model, strategy)(x, y, rows=rows)
+        (loss,), (correct,), _ = rnn_mnist.training_step(model, strategy)([(x, y)], rows=rows)
         results.append((float(loss), int(correct), model.get_weights()))
         assert all(not np.allclose(w, v) for w, v in zip(initial, model.get_weights()))
     (loss, correct, weights), *others = results
@@ -68,6 +68,60 @@ def test_splitting_the_batch_between_replicas_gives_the_whole_batchs_step(batch)
         assert other_correct == correct
         for w, v in zip(weights, other_weights):
             np.testing.assert_allclose(v, w, rtol=1e-4, atol=1e-6)
+
+
+def test_several_steps_in_one_call_are_the_steps_one_call_each_makes():
+    """--steps-per-execution trains on several batches in one call of the graph, for speed:
+    the losses, the answers and the weights after them are those of one call per batch,
+    an epoch's last, smaller batch and the call's unused slot included."""
+    import keras
+    import tensorflow as tf
+    data = synthetic_mnist(n_train=21, n_test=1)
+    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"], tf.distribute.ReductionToOneDevice())
+    results = []
+    for steps in (1, 4):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = rnn_mnist.make_model(x.shape[1:], units=16)
+            rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10)
+            model.optimizer.build(model.trainable_variables)
+        step = rnn_mnist.training_step(model, strategy, steps)
+        calls = [batches] if steps > 1 else [[batch] for batch in batches]
+        answers = [step(call, rows=8) for call in calls]
+        losses, corrects = (np.concatenate([answer[k] for answer in answers]) for k in (0, 1))
+        results.append((losses, corrects, model.get_weights(), int(model.optimizer.iterations.numpy())))
+    (losses, corrects, weights, iterations), (many_losses, many_corrects, many_weights, many_iterations) = results
+    assert len(many_losses) == 3 and iterations == many_iterations == 3
+    np.testing.assert_allclose(many_losses, losses, rtol=1e-6)
+    np.testing.assert_array_equal(many_corrects, corrects)
+    for w, v in zip(weights, many_weights):
+        np.testing.assert_allclose(v, w, rtol=1e-5, atol=1e-7)
+
+
+def test_a_stop_request_on_any_replica_reaches_all():
+    import keras
+    import tensorflow as tf
+    data = synthetic_mnist(n_train=8, n_test=1)
+    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"], tf.distribute.ReductionToOneDevice())
+    with strategy.scope():
+        model = rnn_mnist.make_model(x.shape[1:], units=4)
+        rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10)
+        model.optimizer.build(model.trainable_variables)
+    step = rnn_mnist.training_step(model, strategy, 2)
+    assert step([(x, y)], stop=False)[2] == 0
+    assert step([(x, y)], stop=True)[2] > 0
+
+
+def test_calls_of_the_graph_end_where_a_checkpoint_is_due():
+    batches = list(range(23))
+    assert [len(c) for c in rnn_mnist.chunked(batches, 4, 10)] == [4, 4, 2, 4, 4, 2, 3]
+    assert [c[0] for c in rnn_mnist.chunked(batches, 4, 10)] == [0, 4, 8, 10, 14, 18, 20]
+    # resumed after 7 steps of an epoch whose first step was the run's 31st: the same cuts
+    assert [len(c) for c in rnn_mnist.chunked(batches[7:], 4, 10, done=37)] == [3, 4, 4, 2, 3]
+    assert [len(c) for c in rnn_mnist.chunked(batches, 1, 10)] == [1] * 23
 
 
 def test_cosine_schedule_decays_to_zero():
