@@ -133,7 +133,7 @@ MODEL_FILE = "model.keras"  # in each run folder: the best model by validation a
 EXIT_USAGE = 2
 INTRA_OP_THREADS = 1  # threads per TensorFlow operation: this model's are too small to split
 INTER_OP_THREADS = 2  # operations at once in evaluate and predict: one per core of 2
-STEPS_PER_EXECUTION = 16  # training steps per call of the graph: 13% more samples/s than 1
+STEPS_PER_EXECUTION = 16  # training steps per call of the graph: 1.2x the samples/s of 1 a call
 
 
 class UsageError(Exception):
@@ -523,8 +523,8 @@ def history_of(state):
 
 
 class StopRequest:
-    """Turns Ctrl-C and SIGTERM into a request the loop honours after the current batch,
-    so the checkpoint it then writes is consistent. A second Ctrl-C stops at once."""
+    """Turns Ctrl-C and SIGTERM into a request the loop honours after the current call of
+    the training graph, so the checkpoint it then writes is consistent. A second Ctrl-C stops at once."""
 
     def __init__(self):
         self.signal = None
@@ -783,9 +783,10 @@ def training_step(model, strategy=None, steps=1):
     the whole batch's, however it is split (tested).
 
     Several steps in one call are Keras's `steps_per_execution`: the Python work of a call
-    (1.5 ms on two cores, while they wait) is paid once for them all, and the steps follow
-    one another without a gap: 13,100 training samples/s instead of 11,600 with 16 steps
-    a call (bench/README.md). The steps are the same, one at a time or many (tested).
+    (1.5 ms of a 11.5 ms step on two cores, while they wait) is paid once for them all,
+    and the steps follow one another without a gap: 1.2 times the training samples/s with
+    16 steps a call (bench/README.md). The steps are the same, one at a time or many
+    (tested).
     """
     strategy = strategy or tf.distribute.get_strategy()
     return traced_once(model, ("train", id(strategy), steps),
@@ -813,22 +814,27 @@ def build_training_step(model, strategy, slots):
         # the stop requests added up first: passed into the loop below instead, TensorFlow
         # 2.21 returned empty tensors for all the outputs
         stops = strategy.reduce(total, strategy.run(tf.identity, args=(stop,)), axis=None)
-        losses, corrects = tf.TensorArray(tf.float32, count), tf.TensorArray(tf.int32, count)
-        for step in tf.range(count):  # a loop in the graph (AutoGraph), as Keras's fit makes one
+
+        def one_step(step, losses, corrects):
             results = strategy.run(replica_step, args=(images, labels, counted, batch_sizes[step], step))
             loss, correct = (strategy.reduce(total, result, axis=None) for result in results)
-            losses, corrects = losses.write(step, loss), corrects.write(step, correct)
+            return step + 1, losses.write(step, loss), corrects.write(step, correct)
+
+        # a loop in the graph, as Keras's fit makes for steps_per_execution; written out, not
+        # made by AutoGraph, whose conversion of the step added 0.3 s to the first call
+        _, losses, corrects = tf.while_loop(lambda step, *_: step < count, one_step, (
+            tf.constant(0), tf.TensorArray(tf.float32, count), tf.TensorArray(tf.int32, count)))
         return losses.stack(), corrects.stack(), stops
 
     if strategy.num_replicas_in_sync == 1:  # plain tensors: a signature saves a retrace and time
         batches = (None, *model.input_shape[1:])
-        graph = tf.function(all_replicas_steps, input_signature=[
+        graph = tf.function(all_replicas_steps, autograph=False, input_signature=[
             tf.TensorSpec((slots, *batches), tf.float32), tf.TensorSpec((slots, None), tf.int32),
             tf.TensorSpec((slots, None), tf.float32), tf.TensorSpec((slots,), tf.float32),
             tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
     else:  # each replica's part: a tensor per replica, which a signature cannot name. (Cut
         # from the whole batch inside the graph instead, the first step took 0.7 s longer.)
-        graph = tf.function(all_replicas_steps, reduce_retracing=True)
+        graph = tf.function(all_replicas_steps, autograph=False, reduce_retracing=True)
 
     def run(batches, stop=False, rows=0):
         if not 1 <= len(batches) <= slots:
@@ -928,6 +934,7 @@ class Training:
         self.model_path = os.path.join(run_dir, MODEL_FILE)
         self.global_step = int(state.optimizer.iterations.numpy())
         self.quiet = quiet or not worker.chief
+        self.alone = worker.count == 1
         self.checkpoints = Checkpoints(state, run_dir, summaries, worker)
         self.watchdog = Watchdog(WORKER_TIMEOUT_SECONDS, (
             f"rnn_mnist.py: error: worker {worker.index} of {worker.count} heard nothing from the "
@@ -988,10 +995,14 @@ class Training:
                                               "acc": f"{sums[1] / sums[2]:.2%}"}, refresh=False)
                 bar.update(len(chunk))
                 self.heard_from_all()
+                # Asked here, or on another worker: every worker stops after the same step.
+                # A request during a call is seen by the next (the signal waits for Python);
+                # alone, a worker need not wait for that one to agree.
+                stops = stops or (self.alone and stop.signal is not None)
                 if stops or self.global_step % settings.checkpoint_every == 0:
                     mark = self.add_training_time(mark)
                     self.checkpoints.save(self.global_step, step, sums)
-                if stops:  # asked here, or on another worker: every worker stops at this step
+                if stops:
                     raise Interrupted(stop.signal)  # None: the request came to another worker
         finally:
             bar.close()
