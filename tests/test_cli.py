@@ -77,6 +77,7 @@ BAD_SETTINGS = [
     (["--epochs", "-3"], "--epochs: -3 must be 1 or more"),
     (["--epochs", "ten"], "--epochs: 'ten' is not a whole number"),
     (["--batch-size", "0"], "--batch-size: 0 must be 1 or more"),
+    (["--steps-per-execution", "0"], "--steps-per-execution: 0 must be 1 or more"),
     (["--units", "-1"], "--units: -1 must be 1 or more"),
     (["--layers", "x"], "--layers: 'x' is not a whole number"),
     (["--learning-rate", "0"], "--learning-rate: 0 must be a positive number"),
