@@ -1803,8 +1803,9 @@ def build_parser():
                              "(YYYYmmdd-HHMMSS)")
     output.add_argument("--resume", nargs="?", const=LATEST_RUN, type=run_to_resume, metavar="RUN",
                         help="continue the run RUN in --logdir (without RUN: the run with the "
-                             "newest checkpoint) from its last checkpoint; only --epochs and the "
-                             "output flags may change")
+                             "newest checkpoint) from its last checkpoint; only --epochs, the "
+                             "output flags and where it runs (the thread flags, --distribute, "
+                             "--cpu-replicas, --steps-per-execution) may change")
     output.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="STEPS",
                         help="save a checkpoint every STEPS batches, besides every epoch")
     output.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",

@@ -129,6 +129,22 @@ def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
     assert tensorboard_steps(str(tmp_path / "more" / "train"), "batch_loss") == list(range(5, 41, 5))
 
 
+def test_steps_per_execution_changes_how_fast_not_what_is_learned(tmp_path, tiny_npz):
+    """A run trained 4 steps a call ends with the weights of one trained 1 step a call for an
+    epoch, then resumed 7 steps a call: the calls are a matter of speed."""
+    common = ["--data", tiny_npz, "--batch-size", "20", "--logdir", str(tmp_path), "--figures-every", "0",
+              "--deterministic", "--lr-schedule", "constant", *SMALL]  # constant: 1 epoch or 2, the same
+    rnn_mnist.main([*common, "--epochs", "2", "--run-name", "whole", "--steps-per-execution", "4"])
+    rnn_mnist.main([*common, "--epochs", "1", "--run-name", "resumed", "--steps-per-execution", "1"])
+    rnn_mnist.main(["--resume", "resumed", "--logdir", str(tmp_path), "--epochs", "2", "--quiet",
+                    "--steps-per-execution", "7"])
+    import keras
+    whole, resumed = (keras.models.load_model(tmp_path / run / "model.keras") for run in ("whole", "resumed"))
+    for w, v in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(v, w)
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["steps_per_execution"] == 7
+
+
 RESUME_MISTAKES = [
     (["--units", "16"], "--units 16 would change the model of run r (8); start a new run"),
     (["--cell", "gru"], "--cell gru would change the model of run r (lstm)"),
