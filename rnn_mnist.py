@@ -524,7 +524,8 @@ def history_of(state):
 
 class StopRequest:
     """Turns Ctrl-C and SIGTERM into a request the loop honours after the current call of
-    the training graph, so the checkpoint it then writes is consistent. A second Ctrl-C stops at once."""
+    the training graph, so the checkpoint it then writes is consistent. A second Ctrl-C
+    stops at once."""
 
     def __init__(self):
         self.signal = None
@@ -827,9 +828,8 @@ def build_training_step(model, strategy, slots):
         return losses.stack(), corrects.stack(), stops
 
     if strategy.num_replicas_in_sync == 1:  # plain tensors: a signature saves a retrace and time
-        batches = (None, *model.input_shape[1:])
         graph = tf.function(all_replicas_steps, autograph=False, input_signature=[
-            tf.TensorSpec((slots, *batches), tf.float32), tf.TensorSpec((slots, None), tf.int32),
+            tf.TensorSpec((slots, *rows_spec(model).shape), tf.float32), tf.TensorSpec((slots, None), tf.int32),
             tf.TensorSpec((slots, None), tf.float32), tf.TensorSpec((slots,), tf.float32),
             tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
     else:  # each replica's part: a tensor per replica, which a signature cannot name. (Cut
