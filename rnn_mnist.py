@@ -22,6 +22,7 @@ TensorBoard logs, the resolved config, the best model and the test metrics.
 
 import argparse
 import collections
+import contextlib
 import datetime
 import difflib
 import gzip
@@ -109,6 +110,43 @@ def import_tensorflow():
 
 
 tf, keras = ImportedOnFirstUse("tf"), ImportedOnFirstUse("keras")
+
+
+@contextlib.contextmanager
+def runtime_log_held(verbose, until_exit=False):
+    """For the whole command, TensorFlow's runtime log is held back; this tool's own lines
+    still reach the terminal. With `verbose`, nothing is held; `until_exit`, for the
+    process that is the command: held to its end, when TensorFlow's threads still log.
+
+    Once imported, TensorFlow's C++ runtime (collectives, gRPC between workers) logs
+    through absl straight to file descriptor 2 at any moment, past TF_CPP_MIN_LOG_LEVEL:
+    a lost worker's stop came after six lines of it. So the descriptor points at
+    /dev/null, and Python's `sys.stderr` writes to a copy of the terminal's descriptor.
+    Only where `sys.stderr` is descriptor 2 (a test that captures it is left alone).
+    """
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        ours = False
+    if verbose or not ours:
+        yield
+        return
+    previous = sys.stderr
+    previous.flush()
+    terminal = os.dup(2)
+    sys.stderr = open(terminal, "w", encoding=previous.encoding, errors=previous.errors,
+                      buffering=1)  # line-buffered, as a terminal's stderr
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        if not until_exit:
+            os.dup2(terminal, 2)
+            sys.stderr.close()
+            sys.stderr = previous
 
 # ----------------------------------------------------------------------------
 # Constants: the facts of MNIST
@@ -2338,16 +2376,20 @@ def split_command(argv):
 def main(argv=None):
     """Run one command (train when none is named) and return its results.
 
-    A user's mistake prints one line and exits with status 2.
+    A user's mistake prints one line and exits with status 2. Without `argv`, this
+    process is the command: its words are sys.argv, and TensorFlow's log is held back
+    until it exits.
     """
+    until_exit = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         command, argv = split_command(argv)
         build, execute = COMMANDS[command]
         args = build().parse_args(argv)
-        if execute is not None:
-            return execute(args)
-        return run(args, given_settings(argv, vars(args)))
+        with runtime_log_held(args.verbose, until_exit):
+            if execute is not None:
+                return execute(args)
+            return run(args, given_settings(argv, vars(args)))
     except UsageError as e:
         print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
