@@ -31,8 +31,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rnn_mnist  # noqa: E402  (the repo root is put on the path above)
+from plumbing import batches, cli, distribute, graphs, lazy_tensorflow, metrics, mnist_files, runs, summaries  # noqa: E402
 
-tf, keras = (rnn_mnist.import_tensorflow()[name] for name in ("tf", "keras"))
+tf, keras = (lazy_tensorflow.import_tensorflow()[name] for name in ("tf", "keras"))
 np = rnn_mnist.np
 TARGETS = (0.9876, 0.99)  # the original project's accuracy, and ours
 
@@ -50,8 +51,8 @@ def cpu_name():
 
 def default_settings(data, epochs=None, flags=()):
     """rnn_mnist.py's training settings: its defaults, or changed by its own `flags`."""
-    settings = rnn_mnist.build_parser().parse_args(["--data", data, "--quiet", "--figures-every", "0",
-                                                   *flags])
+    parser = cli.build_parser(rnn_mnist.RECIPE, rnn_mnist.RECURRENT_CELLS)
+    settings = parser.parse_args(["--data", data, "--quiet", "--figures-every", "0", *flags])
     settings.run_name = "benchmark"
     if epochs:
         settings.epochs = epochs
@@ -62,7 +63,7 @@ def prepared(settings, strategy, mnist):
     x_train, y_train, x_test, y_test = mnist
     with strategy.scope():
         model, train_data, val_data = rnn_mnist.prepare_training(settings, x_train, y_train)
-    return model, train_data, val_data, (rnn_mnist.as_sequences(x_test), y_test)
+    return model, train_data, val_data, (mnist_files.as_sequences(x_test), y_test)
 
 
 def throughput(settings, strategy, mnist, warmup=30, timed=300):
@@ -70,7 +71,7 @@ def throughput(settings, strategy, mnist, warmup=30, timed=300):
     called as training calls it: `--steps-per-execution` steps at a time."""
     model, (x, y), _, _ = prepared(settings, strategy, mnist)
     step = rnn_mnist.training_step(model, strategy, settings.steps_per_execution)
-    chunks = rnn_mnist.prefetched(rnn_mnist.chunked(  # epoch after epoch, for as many steps as asked
+    chunks = batches.prefetched(batches.chunked(  # epoch after epoch, for as many steps as asked
         (batch for epoch in itertools.count()
          for batch in rnn_mnist.epoch_batches(x, y, settings.batch_size, settings.seed, epoch, settings.shift)),
         settings.steps_per_execution, settings.checkpoint_every))
@@ -94,23 +95,23 @@ def time_to_accuracy(settings, strategy, worker, mnist):
     """Train with `settings`, testing after each epoch: (the epochs' training seconds and test
     accuracy, prediction images/s)."""
     model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy, mnist)
-    state = rnn_mnist.training_state(model)
+    state = runs.training_state(model)
     curve = []
     with tempfile.TemporaryDirectory() as run_dir:
-        summaries = rnn_mnist.SummaryBuffer(run_dir)
+        buffer = summaries.SummaryBuffer(run_dir)
         target_epochs = settings.epochs
         for epoch in range(1, target_epochs + 1):
             settings.epochs = epoch
-            rnn_mnist.train(state, train_data, val_data, settings, run_dir, summaries, quiet=True,
-                            strategy=strategy, worker=worker)
-            accuracy = rnn_mnist.evaluate(model, x_test, y_test)["accuracy"]
+            rnn_mnist.Training(state, train_data, val_data, settings, run_dir, buffer, True,
+                               strategy, worker).fit()
+            accuracy = metrics.evaluate(model, x_test, y_test)["accuracy"]
             seconds = float(state.train_seconds.numpy())
             curve.append({"epoch": epoch, "train_seconds": round(seconds, 1),
                           "test_accuracy": accuracy})
-        summaries.close()
+        buffer.close()
         settings.epochs = target_epochs
     started = time.perf_counter()
-    rnn_mnist.predict(model, x_test)
+    graphs.predict(model, x_test)
     predict_rate = len(x_test) / (time.perf_counter() - started)
     return curve, predict_rate
 
@@ -227,14 +228,14 @@ def main(argv=None):
 
     settings = default_settings(args.data, args.epochs, flags)
     seeds = args.seeds or [settings.seed]
-    distribute, worker, on_cpu = rnn_mnist.placement(
+    where, worker, on_cpu = distribute.placement(
         settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
-    strategy = rnn_mnist.start_strategy(settings, distribute, on_cpu)
-    mnist = rnn_mnist.load_mnist(settings.data)  # once, for every run of the sitting
+    strategy = distribute.start_strategy(settings, where, on_cpu)
+    mnist = mnist_files.load_mnist(settings.data)  # once, for every run of the sitting
     training_images = len(mnist[0]) - settings.validation_size
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
               "cores": os.cpu_count(), "flags": flags, "recipe": recipe(settings, training_images),
-              "strategy": distribute, "replicas": strategy.num_replicas_in_sync,
+              "strategy": where, "replicas": strategy.num_replicas_in_sync,
               "samples_per_second": round(throughput(settings, strategy, mnist))}
     if args.torch_python:
         epochs = torch_peer(args.torch_python, args.torch_peer, args.data, "--recipe", "plain",
@@ -242,9 +243,9 @@ def main(argv=None):
         report["torch_plain_samples_per_second"] = epochs[-1]["samples_per_s"]
         report["ratio_to_torch_plain"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
     if not args.throughput_only:
-        runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds)
-        report["median_seconds_to_accuracy"] = medians(runs)
-        report["runs"] = runs
+        our_runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds)
+        report["median_seconds_to_accuracy"] = medians(our_runs)
+        report["runs"] = our_runs
         report["predict_images_per_second"] = round(predict_rate)
         if peer_runs:
             report["torch_tuned"] = peer_runs

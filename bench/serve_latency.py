@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rnn_mnist  # noqa: E402  (the repo root is put on the path above)
+from plumbing import lazy_tensorflow, server, using  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(rnn_mnist.__file__), "tests"))
 
@@ -92,10 +93,10 @@ def main():
     parser.add_argument("--requests", type=int, default=200, help="requests to /api/read")
     parser.add_argument("--strokes", type=int, default=0, help="digits drawn in the browser")
     args = parser.parse_args()
-    rnn_mnist.quiet_tensorflow(verbose=False)
-    rnn_mnist.configure_tensorflow()
-    model, path = rnn_mnist.load_trained_model(args.model)
-    server = rnn_mnist.page_server(rnn_mnist.Reader(model, path), "127.0.0.1", 0)
+    lazy_tensorflow.quiet_tensorflow(verbose=False)
+    lazy_tensorflow.configure_tensorflow()
+    model, path = using.load_trained_model(args.model)
+    server = server.page_server(server.Reader(model, path), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     address = f"127.0.0.1:{server.server_address[1]}"
     try:

@@ -142,8 +142,8 @@ def user_pictures(tmp_path_factory):
 def pytest_configure(config):
     # Two CPU devices, as `python rnn_mnist.py` makes on a 2-core machine, set before any
     # test starts TensorFlow: the runs made in this process then train as the command does.
-    import rnn_mnist
-    tf = rnn_mnist.import_tensorflow()["tf"]  # quietly, as the script imports it
+    from plumbing import lazy_tensorflow
+    tf = lazy_tensorflow.import_tensorflow()["tf"]  # quietly, as the script imports it
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import cli, mnist_files, runs
 from conftest import REPO
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--validation-size", "40", "--units", "8", "--quiet"]
@@ -45,7 +46,7 @@ def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
     import keras
     model = keras.models.load_model(run / "model.keras")
     x_test, y_test = (np.load(tiny_npz)[k] for k in ("x_test", "y_test"))
-    predicted = np.asarray(model(rnn_mnist.as_sequences(x_test))).argmax(axis=1)
+    predicted = np.asarray(model(mnist_files.as_sequences(x_test))).argmax(axis=1)
     assert np.mean(predicted == y_test) == pytest.approx(saved["test_accuracy"], abs=1e-6)
 
     assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tensorboard_tags(str(run / "train"))
@@ -132,13 +133,13 @@ def test_console_shows_one_line_for_a_mistake_and_no_tensorflow_chatter(tmp_path
         assert chatter not in good.stderr + good.stdout
     assert "test accuracy" in good.stdout
     assert "trained 2 epochs in " in good.stdout
-    assert f"tensorboard --logdir {rnn_mnist.DEFAULT_LOGDIR}" in good.stdout
+    assert f"tensorboard --logdir {runs.DEFAULT_LOGDIR}" in good.stdout
     assert (tmp_path / "Visualize" / "quiet" / "model.keras").is_file()
 
 
 def help_options(command):
     """{flag: default or None} as `--help` shows them, on a screen wide enough not to wrap."""
-    text = rnn_mnist.COMMANDS[command][0]().format_help()
+    text = cli.parser_of(command, rnn_mnist.RECIPE, rnn_mnist.RECURRENT_CELLS).format_help()
     options = {}
     for block in re.split(r"\n(?=  -)", text):
         flags = re.findall(r"(?<![\w-])--[a-z][a-z-]*", block.split("\n")[0])
@@ -158,7 +159,7 @@ def readme_tables():
     return tables
 
 
-@pytest.mark.parametrize("command", sorted(rnn_mnist.COMMANDS))
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
 def test_readme_flag_tables_match_help(monkeypatch, command):
     monkeypatch.setenv("COLUMNS", "1000")
     in_help, in_readme = help_options(command), readme_tables()[command]
@@ -205,7 +206,7 @@ def test_a_misspelt_command_is_named_with_the_nearest_one(capsys, word, suggesti
     with pytest.raises(SystemExit) as exit_:
         rnn_mnist.main([word, "--model", "m.keras"])
     assert exit_.value.code == 2
-    commands = ", ".join(rnn_mnist.COMMANDS)
+    commands = ", ".join(cli.COMMANDS)
     assert capsys.readouterr().err == (f"rnn_mnist.py: error: '{word}' is not a command; {suggestion}"
                                        f"the commands are {commands} (python rnn_mnist.py COMMAND --help)\n")
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import batches, errors, mnist_files
 from conftest import write_idx, write_idx_folder
 
 
 def test_rows_become_timesteps_in_order():
     images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28) % 256
     images = images.astype(np.uint8)
-    seq = rnn_mnist.as_sequences(images)
-    assert seq.shape == (2, rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES)
+    seq = mnist_files.as_sequences(images)
+    assert seq.shape == (2, mnist_files.TIMESTEPS, mnist_files.FEATURES)
     assert seq.dtype == np.float32
     for t in (0, 13, 27):  # timestep t is row t of the image, scaled to [0, 1]
         np.testing.assert_allclose(seq[1, t], images[1, t] / 255.0, rtol=1e-6)
@@ -32,7 +33,7 @@ def test_validation_is_the_last_images():
 
 
 def test_npz_reads_all_four_arrays(tiny_npz, tiny_arrays):
-    x_train, y_train, x_test, y_test = rnn_mnist.load_mnist(tiny_npz)
+    x_train, y_train, x_test, y_test = mnist_files.load_mnist(tiny_npz)
     np.testing.assert_array_equal(x_train, tiny_arrays["x_train"])
     np.testing.assert_array_equal(y_test, tiny_arrays["y_test"])
     assert x_test.shape == (60, 28, 28) and y_train.shape == (240,)
@@ -41,8 +42,8 @@ def test_npz_reads_all_four_arrays(tiny_npz, tiny_arrays):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_folder_reads_the_same_arrays(tmp_path, tiny_arrays, gz):
     folder = write_idx_folder(str(tmp_path / "idx"), tiny_arrays, gz=gz)
-    loaded = rnn_mnist.load_mnist(folder)
-    for key, array in zip(rnn_mnist.NPZ_KEYS, loaded):
+    loaded = mnist_files.load_mnist(folder)
+    for key, array in zip(mnist_files.NPZ_KEYS, loaded):
         np.testing.assert_array_equal(array, tiny_arrays[key])
 
 
@@ -68,31 +69,31 @@ NPZ_FAULTS = {
 def test_npz_faults_are_named(tmp_path, tiny_arrays, fault):
     change, message = NPZ_FAULTS[fault]
     path = broken_npz(tmp_path, tiny_arrays, change)
-    with pytest.raises(rnn_mnist.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        rnn_mnist.load_mnist(path)
+    with pytest.raises(errors.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        mnist_files.load_mnist(path)
 
 
 @pytest.mark.parametrize("content", [b"", b"not an npz at all\n" * 10])
 def test_a_file_that_is_not_an_npz_is_refused(tmp_path, content):
     path = tmp_path / "mnist.npz"
     path.write_bytes(content)
-    with pytest.raises(rnn_mnist.UsageError, match="is not an npz file"):
-        rnn_mnist.load_mnist(str(path))
+    with pytest.raises(errors.UsageError, match="is not an npz file"):
+        mnist_files.load_mnist(str(path))
 
 
 def test_missing_path_is_named(tmp_path):
-    with pytest.raises(rnn_mnist.UsageError, match="does not exist"):
-        rnn_mnist.load_mnist(str(tmp_path / "nowhere.npz"))
+    with pytest.raises(errors.UsageError, match="does not exist"):
+        mnist_files.load_mnist(str(tmp_path / "nowhere.npz"))
 
 
 def test_folder_without_idx_files_is_named(tmp_path):
-    with pytest.raises(rnn_mnist.UsageError, match="has no train-images-idx3-ubyte"):
-        rnn_mnist.load_mnist(str(tmp_path))
+    with pytest.raises(errors.UsageError, match="has no train-images-idx3-ubyte"):
+        mnist_files.load_mnist(str(tmp_path))
 
 
 def idx_folder_with(tmp_path, tiny_arrays, key, write):
     folder = write_idx_folder(str(tmp_path / "idx"), tiny_arrays)
-    path = os.path.join(folder, rnn_mnist.IDX_FILES["train"][0 if key == "x_train" else 1])
+    path = os.path.join(folder, mnist_files.IDX_FILES["train"][0 if key == "x_train" else 1])
     write(path)
     return folder
 
@@ -101,15 +102,15 @@ def test_idx_wrong_magic(tmp_path, tiny_arrays):
     # labels written where the images belong: magic 0x801, not 0x803
     folder = idx_folder_with(tmp_path, tiny_arrays, "x_train",
                              lambda p: write_idx(p, tiny_arrays["y_train"]))
-    with pytest.raises(rnn_mnist.UsageError, match="not the IDX magic number 0x00000803"):
-        rnn_mnist.load_mnist(folder)
+    with pytest.raises(errors.UsageError, match="not the IDX magic number 0x00000803"):
+        mnist_files.load_mnist(folder)
 
 
 def test_idx_wrong_dimensions(tmp_path, tiny_arrays):
     folder = idx_folder_with(tmp_path, tiny_arrays, "x_train",
                              lambda p: write_idx(p, tiny_arrays["x_train"].reshape(240, 14, 56)))
-    with pytest.raises(rnn_mnist.UsageError, match=r"expected \(N, 28, 28\)"):
-        rnn_mnist.load_mnist(folder)
+    with pytest.raises(errors.UsageError, match=r"expected \(N, 28, 28\)"):
+        mnist_files.load_mnist(folder)
 
 
 def test_idx_cut_short(tmp_path, tiny_arrays):
@@ -118,15 +119,15 @@ def test_idx_cut_short(tmp_path, tiny_arrays):
         with open(path, "r+b") as f:
             f.truncate(1000)
     folder = idx_folder_with(tmp_path, tiny_arrays, "x_train", cut)
-    with pytest.raises(rnn_mnist.UsageError, match="download it again"):
-        rnn_mnist.load_mnist(folder)
+    with pytest.raises(errors.UsageError, match="download it again"):
+        mnist_files.load_mnist(folder)
 
 
 def test_idx_counts_disagree(tmp_path, tiny_arrays):
     folder = idx_folder_with(tmp_path, tiny_arrays, "y_train",
                              lambda p: write_idx(p, tiny_arrays["y_train"][:200]))
-    with pytest.raises(rnn_mnist.UsageError, match="240 images but 200 labels"):
-        rnn_mnist.load_mnist(folder)
+    with pytest.raises(errors.UsageError, match="240 images but 200 labels"):
+        mnist_files.load_mnist(folder)
 
 
 def test_idx_truncated_gzip(tmp_path, tiny_arrays):
@@ -134,8 +135,8 @@ def test_idx_truncated_gzip(tmp_path, tiny_arrays):
     path = os.path.join(folder, "train-images-idx3-ubyte.gz")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(rnn_mnist.UsageError, match="train-images-idx3-ubyte.gz cannot be"):
-        rnn_mnist.load_mnist(folder)
+    with pytest.raises(errors.UsageError, match="train-images-idx3-ubyte.gz cannot be"):
+        mnist_files.load_mnist(folder)
 
 
 # ---------------------------------------------------------------------------
@@ -184,8 +185,8 @@ def test_download_fetches_verifies_and_caches(tmp_path, tiny_arrays):
     sha = hashlib.sha256(body).hexdigest()
     cache = str(tmp_path / "cache")
     with Server(body) as server:
-        first = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
-        again = rnn_mnist.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
+        first = mnist_files.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
+        again = mnist_files.load_mnist(url=server.url, sha256=sha, cache_dir=cache)
         assert server.requests == 1  # the second load came from the cache
     assert os.listdir(cache) == ["mnist.npz"]
     assert hashlib.sha256(open(os.path.join(cache, "mnist.npz"), "rb").read()).hexdigest() == sha
@@ -196,16 +197,16 @@ def test_download_fetches_verifies_and_caches(tmp_path, tiny_arrays):
 def test_download_with_wrong_hash_is_refused_and_not_kept(tmp_path, tiny_arrays):
     cache = str(tmp_path / "cache")
     with Server(npz_bytes(tiny_arrays)) as server:
-        with pytest.raises(rnn_mnist.UsageError, match="it was not kept"):
-            rnn_mnist.load_mnist(url=server.url, sha256="0" * 64, cache_dir=cache)
+        with pytest.raises(errors.UsageError, match="it was not kept"):
+            mnist_files.load_mnist(url=server.url, sha256="0" * 64, cache_dir=cache)
     assert os.listdir(cache) == []
 
 
 def test_unreachable_server_points_to_data_flag(tmp_path):
     with Server(b"") as server:
         url = server.url  # the port is closed once the server stops
-    with pytest.raises(rnn_mnist.UsageError, match="could not download MNIST.*--data PATH"):
-        rnn_mnist.load_mnist(url=url, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(errors.UsageError, match="could not download MNIST.*--data PATH"):
+        mnist_files.load_mnist(url=url, cache_dir=str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == []
 
 
@@ -254,19 +255,19 @@ def test_an_epoch_resumed_mid_way_continues_with_the_same_batches():
 
 
 def test_prefetched_batches_keep_their_order_and_errors():
-    assert list(rnn_mnist.prefetched(iter(range(50)), depth=3)) == list(range(50))
+    assert list(batches.prefetched(iter(range(50)), depth=3)) == list(range(50))
 
     def failing():
         yield 1
         raise ValueError("broken batch")
     with pytest.raises(ValueError, match="broken batch"):
-        list(rnn_mnist.prefetched(failing()))
+        list(batches.prefetched(failing()))
 
     import threading
     import time
     before = threading.active_count()
     for source in (iter(range(10_000)), iter(range(2))):  # stopped mid-way, or already done
-        stream = rnn_mnist.prefetched(source, depth=1)
+        stream = batches.prefetched(source, depth=1)
         assert next(stream) == 0
         time.sleep(0.3)  # the producer runs ahead until the queue is full
         stream.close()  # a consumer that stops early leaves no producer behind

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import distribute, lazy_tensorflow
 from conftest import REPO, synthetic_mnist
 
 ONE_STEP = """
@@ -19,9 +20,10 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import rnn_mnist
-rnn_mnist.quiet_tensorflow(False)
-tf, keras = rnn_mnist.tf, rnn_mnist.keras
-strategy = rnn_mnist.make_strategy("mirrored", 2)  # 2 logical CPU devices, set before TF runs
+from plumbing import distribute, lazy_tensorflow
+lazy_tensorflow.quiet_tensorflow(False)
+tf, keras = lazy_tensorflow.tf, lazy_tensorflow.keras
+strategy = distribute.make_strategy("mirrored", 2)  # 2 logical CPU devices, set before TF runs
 rng = np.random.default_rng(0)
 results = {}
 for n in (16, 15):  # an odd batch splits 8 + 7
@@ -218,11 +220,11 @@ def test_multi_worker_without_tf_config_is_refused(tmp_path, tiny_npz, capsys, m
 
 def test_auto_picks_the_engine_for_the_machine():
     tf_config = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
-    assert rnn_mnist.placement("auto", 0, None) == ("mirrored", rnn_mnist.ALONE, True)  # CPU cores
-    assert rnn_mnist.placement("auto", 1, None) == ("none", rnn_mnist.ALONE, False)
-    assert rnn_mnist.placement("auto", 4, None) == ("mirrored", rnn_mnist.ALONE, False)
-    assert rnn_mnist.placement("auto", 0, tf_config) == ("multi-worker", rnn_mnist.Worker(1, 2, False), True)
-    assert rnn_mnist.placement("none", 0, tf_config) == ("none", rnn_mnist.ALONE, True)
+    assert distribute.placement("auto", 0, None) == ("mirrored", distribute.ALONE, True)  # CPU cores
+    assert distribute.placement("auto", 1, None) == ("none", distribute.ALONE, False)
+    assert distribute.placement("auto", 4, None) == ("mirrored", distribute.ALONE, False)
+    assert distribute.placement("auto", 0, tf_config) == ("multi-worker", distribute.Worker(1, 2, False), True)
+    assert distribute.placement("none", 0, tf_config) == ("none", distribute.ALONE, True)
 
 
 def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
@@ -234,7 +236,7 @@ def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: (
         [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if kind == "GPU" else real(kind)))
     threads_set = []
-    monkeypatch.setattr(rnn_mnist, "configure_tensorflow", lambda *a: threads_set.append(a))
+    monkeypatch.setattr(distribute, "configure_tensorflow", lambda *a: threads_set.append(a))
     rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--batch-size", "32", "--units", "8",
                     "--validation-size", "40", "--logdir", str(tmp_path), "--run-name", "gpu", "--quiet"])
     assert threads_set == []

@@ -3,16 +3,17 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import batches, graphs, mnist_files, reading
 from conftest import synthetic_mnist
 
 
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
 def test_output_is_a_probability_per_class(cell, layers):
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell,
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), cell=cell,
                                  units=16, layers=layers)
-    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=5, n_test=1)["x_train"])
+    x = mnist_files.as_sequences(synthetic_mnist(n_train=5, n_test=1)["x_train"])
     p = np.asarray(model(x))
-    assert p.shape == (5, rnn_mnist.NUM_CLASSES)
+    assert p.shape == (5, mnist_files.NUM_CLASSES)
     assert (p >= 0).all()
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     recurrent = [layer for layer in model.layers if layer.name.startswith(cell)]
@@ -21,8 +22,8 @@ def test_output_is_a_probability_per_class(cell, layers):
 
 def test_the_model_reads_the_rows_in_order():
     """The prediction depends on the order of the rows, so rows really are timesteps."""
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=16)
-    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=16)
+    x = mnist_files.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
     assert not np.allclose(np.asarray(model(x)), np.asarray(model(x[:, ::-1])))
 
 
@@ -30,7 +31,7 @@ def test_one_training_step_lowers_the_loss():
     import keras
     keras.utils.set_random_seed(0)
     data = synthetic_mnist(n_train=64, n_test=1)
-    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    x, y = mnist_files.as_sequences(data["x_train"]), data["y_train"]
     model = rnn_mnist.make_model(x.shape[1:], units=16)
     rnn_mnist.compile_model(model, learning_rate=1e-2, total_steps=10, schedule="constant")
     before = model.evaluate(x, y, verbose=0)[0]
@@ -49,7 +50,7 @@ def test_splitting_the_batch_between_replicas_gives_the_whole_batchs_step(batch)
     import keras
     import tensorflow as tf
     data = synthetic_mnist(n_train=batch, n_test=1)
-    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    x, y = mnist_files.as_sequences(data["x_train"]), data["y_train"]
     results = []
     for devices, rows in ((["CPU:0"], 0), (["CPU:0", "CPU:1"], 0), (["CPU:0", "CPU:1"], batch + 9)):
         strategy = tf.distribute.MirroredStrategy(devices, tf.distribute.ReductionToOneDevice())
@@ -77,7 +78,7 @@ def test_several_steps_in_one_call_are_the_steps_one_call_each_makes():
     import keras
     import tensorflow as tf
     data = synthetic_mnist(n_train=21, n_test=1)
-    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    x, y = mnist_files.as_sequences(data["x_train"]), data["y_train"]
     batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"], tf.distribute.ReductionToOneDevice())
     results = []
@@ -104,7 +105,7 @@ def test_a_stop_request_on_any_replica_reaches_all():
     import keras
     import tensorflow as tf
     data = synthetic_mnist(n_train=8, n_test=1)
-    x, y = rnn_mnist.as_sequences(data["x_train"]), data["y_train"]
+    x, y = mnist_files.as_sequences(data["x_train"]), data["y_train"]
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"], tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         model = rnn_mnist.make_model(x.shape[1:], units=4)
@@ -116,16 +117,16 @@ def test_a_stop_request_on_any_replica_reaches_all():
 
 
 def test_calls_of_the_graph_end_where_a_checkpoint_is_due():
-    batches = list(range(23))
-    assert [len(c) for c in rnn_mnist.chunked(batches, 4, 10)] == [4, 4, 2, 4, 4, 2, 3]
-    assert [c[0] for c in rnn_mnist.chunked(batches, 4, 10)] == [0, 4, 8, 10, 14, 18, 20]
+    steps = list(range(23))
+    assert [len(c) for c in batches.chunked(steps, 4, 10)] == [4, 4, 2, 4, 4, 2, 3]
+    assert [c[0] for c in batches.chunked(steps, 4, 10)] == [0, 4, 8, 10, 14, 18, 20]
     # resumed after 7 steps of an epoch whose first step was the run's 31st: the same cuts
-    assert [len(c) for c in rnn_mnist.chunked(batches[7:], 4, 10, done=37)] == [3, 4, 4, 2, 3]
-    assert [len(c) for c in rnn_mnist.chunked(batches, 1, 10)] == [1] * 23
+    assert [len(c) for c in batches.chunked(steps[7:], 4, 10, done=37)] == [3, 4, 4, 2, 3]
+    assert [len(c) for c in batches.chunked(steps, 1, 10)] == [1] * 23
 
 
 def test_cosine_schedule_decays_to_zero():
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=4)
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=4)
     rnn_mnist.compile_model(model, learning_rate=2e-3, total_steps=100)
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
@@ -139,46 +140,46 @@ def test_the_units_shown_come_from_the_real_cell(cell, layers):
     """The pictures recompute the last recurrent layer in NumPy; its output must be the layer's own."""
     import keras
     keras.utils.set_random_seed(3)
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), cell=cell, units=12,
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), cell=cell, units=12,
                                  layers=layers)
-    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=6, n_test=1)["x_train"])
-    trace, last = rnn_mnist.unit_trace(model, x)
+    x = mnist_files.as_sequences(synthetic_mnist(n_train=6, n_test=1)["x_train"])
+    trace, last = reading.unit_trace(model, x)
     layer_output = keras.Model(model.inputs[0], model.layers[-2].output)(x)
     np.testing.assert_allclose(last, np.asarray(layer_output), atol=1e-5)
     for name, values in trace.items():
-        assert values.shape == (6, rnn_mnist.TIMESTEPS, 12), name
+        assert values.shape == (6, mnist_files.TIMESTEPS, 12), name
         low = 0 if name.endswith("gate") else -1
         assert (values >= low).all() and (values <= 1).all(), name
     assert values.std(axis=2).mean() > 0  # units differ from each other: no mean over them
 
 
 def test_the_units_shown_for_a_digit_are_those_that_vote_most_for_it():
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=32)
-    units, digits = rnn_mnist.voting_units(model, per_digit=3)
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=32)
+    units, digits = reading.voting_units(model, per_digit=3)
     assert list(digits) == [d for d in range(10) for _ in range(3)]
     kernel = model.layers[-1].get_weights()[0]
     for digit in range(10):
         shown = units[digits == digit]
         others = np.setdiff1d(np.arange(32), shown)
         assert kernel[shown, digit].min() > kernel[others, digit].max()
-    read = rnn_mnist.how_it_reads(model, rnn_mnist.as_sequences(synthetic_mnist(4, 1)["x_train"]))
-    shown = rnn_mnist.UNITS_PER_DIGIT * rnn_mnist.NUM_CLASSES
-    assert all(v.shape == (4, rnn_mnist.TIMESTEPS, shown) for v in read["state"].values())
+    read = reading.how_it_reads(model, mnist_files.as_sequences(synthetic_mnist(4, 1)["x_train"]))
+    shown = reading.UNITS_PER_DIGIT * mnist_files.NUM_CLASSES
+    assert all(v.shape == (4, mnist_files.TIMESTEPS, shown) for v in read["state"].values())
 
 
 def test_the_readout_after_the_last_row_is_the_prediction():
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=12, layers=2)
-    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
-    readout = np.asarray(rnn_mnist.readout_model(model)(x))
-    assert readout.shape == (4, rnn_mnist.TIMESTEPS, rnn_mnist.NUM_CLASSES)
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=12, layers=2)
+    x = mnist_files.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
+    readout = np.asarray(reading.readout_model(model)(x))
+    assert readout.shape == (4, mnist_files.TIMESTEPS, mnist_files.NUM_CLASSES)
     np.testing.assert_allclose(readout[:, -1], np.asarray(model(x)), atol=1e-6)
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])
 def test_prediction_in_slices_and_batches_matches_the_model(slices):
     """evaluate and predict cut the images into batches and slices; the answers must not change."""
-    model = rnn_mnist.make_model((rnn_mnist.TIMESTEPS, rnn_mnist.FEATURES), units=16)
-    x = rnn_mnist.as_sequences(synthetic_mnist(n_train=23, n_test=1)["x_train"])
-    p = rnn_mnist.predict(model, x, batch_size=10, slices=slices)
+    model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=16)
+    x = mnist_files.as_sequences(synthetic_mnist(n_train=23, n_test=1)["x_train"])
+    p = graphs.predict(model, x, batch_size=10, slices=slices)
     np.testing.assert_allclose(p, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
-    assert rnn_mnist.predict(model, x[:0]).shape == (0, rnn_mnist.NUM_CLASSES)
+    assert graphs.predict(model, x[:0]).shape == (0, mnist_files.NUM_CLASSES)

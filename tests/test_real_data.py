@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 import rnn_mnist
+from plumbing import mnist_files
 from conftest import write_idx_folder
 
 
@@ -24,10 +25,10 @@ def test_a_short_run_on_real_digits_learns_them(tmp_path, real_mnist):
 
 def test_idx_files_made_from_the_real_data_read_back_identical(tmp_path, real_mnist):
     with np.load(real_mnist) as npz:
-        arrays = {key: npz[key] for key in rnn_mnist.NPZ_KEYS}
+        arrays = {key: npz[key] for key in mnist_files.NPZ_KEYS}
     folder = write_idx_folder(str(tmp_path / "idx"), arrays, gz=True)
-    loaded = rnn_mnist.load_mnist(folder)
-    for key, array in zip(rnn_mnist.NPZ_KEYS, loaded):
+    loaded = mnist_files.load_mnist(folder)
+    for key, array in zip(mnist_files.NPZ_KEYS, loaded):
         assert array.dtype == np.uint8
         np.testing.assert_array_equal(array, arrays[key])
     assert len(os.listdir(folder)) == 4

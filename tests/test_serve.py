@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import mnist_files, pictures, reading, server, using
 from conftest import REPO, drawn_digit
 
 
 def serve_in_thread(model_path):
     """A page server for `model_path` on a free port of 127.0.0.1, serving from a daemon thread
     (so it ends with the test process whatever happens); returns (server, base URL)."""
-    model, path = rnn_mnist.load_trained_model(model_path)
-    server = rnn_mnist.page_server(rnn_mnist.Reader(model, path), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"127.0.0.1:{server.server_address[1]}"
+    model, path = using.load_trained_model(model_path)
+    page = server.page_server(server.Reader(model, path), "127.0.0.1", 0)
+    threading.Thread(target=page.serve_forever, daemon=True).start()
+    return page, f"127.0.0.1:{page.server_address[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +66,16 @@ def test_the_api_reads_a_picture_as_predict_does(page, trained, tmp_path, capsys
     capsys.readouterr()
     assert answer["digit"] == record["digit"]
     np.testing.assert_allclose(answer["probabilities"], record["probabilities"], atol=2e-4)
-    assert answer["seen"] == rnn_mnist.to_mnist_form(picture).tolist()  # made as predict makes it
+    assert answer["seen"] == pictures.to_mnist_form(picture).tolist()  # made as predict makes it
     readout = np.array(answer["readout"])
-    assert readout.shape == (rnn_mnist.TIMESTEPS, rnn_mnist.NUM_CLASSES)
+    assert readout.shape == (mnist_files.TIMESTEPS, mnist_files.NUM_CLASSES)
     np.testing.assert_allclose(readout.sum(axis=1), 1, atol=1e-3)
     np.testing.assert_allclose(readout[-1], answer["probabilities"], atol=1e-4)  # the last row is the answer
     shown = len(answer["units"])
-    assert shown == len(answer["unit_digits"]) == rnn_mnist.UNITS_PER_DIGIT * rnn_mnist.NUM_CLASSES
+    assert shown == len(answer["unit_digits"]) == reading.UNITS_PER_DIGIT * mnist_files.NUM_CLASSES
     assert set(answer["state"]) == {"input gate", "forget gate", "output gate", "cell state"}
     for name, values in answer["state"].items():
-        assert np.array(values).shape == (rnn_mnist.TIMESTEPS, shown), name
+        assert np.array(values).shape == (mnist_files.TIMESTEPS, shown), name
 
 
 BAD_BODIES = [
@@ -92,7 +93,7 @@ def test_bad_bodies_get_json_errors_and_the_server_goes_on(page, body, status, m
     if body == "blank":
         body = png_bytes(np.full((60, 60, 3), 250, np.uint8))
     elif body == "huge":
-        body = b"\0" * (rnn_mnist.MAX_BODY + 1)
+        body = b"\0" * (server.MAX_BODY + 1)
     elif body == "bomb":  # a valid PNG header declaring 20,000 x 20,000 pixels
         import struct
         import zlib

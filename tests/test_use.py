@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import mnist_files, pictures
 from conftest import REPO, drawn_digit, write_picture
 
 
 def test_a_picture_is_brought_to_mnist_form():
-    image = rnn_mnist.to_mnist_form(drawn_digit())
+    image = pictures.to_mnist_form(drawn_digit())
     assert image.shape == (28, 28) and image.dtype == np.uint8
     assert image.max() == 255 and image[0].max() == 0 and image[:, 0].max() == 0  # light ink, dark ground
     rows = np.nonzero(image.max(axis=1) > 64)[0]
@@ -24,25 +25,25 @@ def test_a_picture_is_brought_to_mnist_form():
 
 
 def test_polarity_colour_and_transparency_give_the_same_digit():
-    base = rnn_mnist.to_mnist_form(drawn_digit())
-    white_on_black = rnn_mnist.to_mnist_form(255 - drawn_digit(paper=(250, 250, 250), ink=(20, 20, 20)))
-    gray = rnn_mnist.to_mnist_form(drawn_digit()[..., :1])
+    base = pictures.to_mnist_form(drawn_digit())
+    white_on_black = pictures.to_mnist_form(255 - drawn_digit(paper=(250, 250, 250), ink=(20, 20, 20)))
+    gray = pictures.to_mnist_form(drawn_digit()[..., :1])
     rgba = np.concatenate([drawn_digit(), np.full((160, 120, 1), 255, np.uint8)], axis=-1)
     rgba[..., 3][rgba[..., 0] > 128] = 0  # transparent paper
-    for other in (white_on_black, gray, rnn_mnist.to_mnist_form(rgba)):
+    for other in (white_on_black, gray, pictures.to_mnist_form(rgba)):
         assert np.abs(other.astype(int) - base.astype(int)).mean() < 8
 
 
 def test_a_blank_picture_has_no_digit():
-    assert rnn_mnist.to_mnist_form(np.full((50, 50, 3), 255, np.uint8)) is None
+    assert pictures.to_mnist_form(np.full((50, 50, 3), 255, np.uint8)) is None
 
 
 def test_predict_prints_a_digit_per_picture_and_json(tmp_path, trained, capsys):
-    pictures = []
+    paths = []
     for name in ("a.png", "b.jpg"):
         write_picture(tmp_path / name, drawn_digit())
-        pictures.append(str(tmp_path / name))
-    records = rnn_mnist.main(["predict", *pictures, "--model", trained["model"], "--json",
+        paths.append(str(tmp_path / name))
+    records = rnn_mnist.main(["predict", *paths, "--model", trained["model"], "--json",
                               "--show-input", str(tmp_path / "seen")])
     out, err = capsys.readouterr()
     assert [json.loads(line) for line in out.splitlines()] == records
@@ -53,12 +54,12 @@ def test_predict_prints_a_digit_per_picture_and_json(tmp_path, trained, capsys):
         assert sum(record["probabilities"]) == pytest.approx(1.0, abs=1e-4)
     import tensorflow as tf
     seen = tf.io.decode_png(tf.io.read_file(str(tmp_path / "seen" / "a-28x28.png"))).numpy()
-    np.testing.assert_array_equal(seen[..., 0], rnn_mnist.to_mnist_form(drawn_digit()))
+    np.testing.assert_array_equal(seen[..., 0], pictures.to_mnist_form(drawn_digit()))
 
-    rnn_mnist.main(["predict", pictures[0], "--model", trained["model"]])
+    rnn_mnist.main(["predict", paths[0], "--model", trained["model"]])
     said, line = capsys.readouterr().out.strip().splitlines()
     assert said == model_line(trained["model"], picked=False)
-    assert line.startswith(f"{pictures[0]}: {records[0]['digit']}  (") and "then" in line
+    assert line.startswith(f"{paths[0]}: {records[0]['digit']}  (") and "then" in line
 
 
 def model_line(path, picked):
@@ -163,7 +164,7 @@ def test_export_serves_what_the_keras_model_computes(tmp_path, trained, capsys):
     subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out), str(tmp_path / "images.npy"),
                     str(tmp_path / "served.npy"), str(tmp_path / "lite.npy")], check=True,
                    capture_output=True, timeout=300)
-    expected = np.asarray(keras.models.load_model(trained["model"])(rnn_mnist.as_sequences(images)))
+    expected = np.asarray(keras.models.load_model(trained["model"])(mnist_files.as_sequences(images)))
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "lite.npy"), expected, atol=1e-5)
 
@@ -181,10 +182,10 @@ def test_bmp_gif_and_gray_alpha_pictures_are_read_like_png(tmp_path, trained):
     gray = Image.fromarray(picture).convert("L")
     alpha = Image.fromarray(np.where(np.asarray(gray) > 128, 0, 255).astype(np.uint8))
     Image.merge("LA", (gray, alpha)).save(tmp_path / "digit-la.png")
-    reference = rnn_mnist.to_mnist_form(rnn_mnist.read_picture(str(tmp_path / "digit.png")))
+    reference = pictures.to_mnist_form(pictures.read_picture(str(tmp_path / "digit.png")))
     names = ["digit.bmp", "digit.gif", "digit-la.png"]
     for name in names:
-        image = rnn_mnist.to_mnist_form(rnn_mnist.read_picture(str(tmp_path / name)))
+        image = pictures.to_mnist_form(pictures.read_picture(str(tmp_path / name)))
         assert np.abs(image.astype(int) - reference.astype(int)).mean() < 8, name
     records = rnn_mnist.main(["predict", str(tmp_path / "digit.png"),
                               *[str(tmp_path / n) for n in names], "--model", trained["model"], "--json"])

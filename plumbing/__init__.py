@@ -1,0 +1,20 @@
+"""The plumbing of rnn_mnist.py: what makes the recipe robust and fast, one module per
+concern. The script imports these; none of them imports the script.
+
+    lazy_tensorflow  TensorFlow imported on first use and quietly; its log held back
+    errors           what ends a command early: a user's mistake, a stop, a diverged loss
+    mnist_files      the facts of MNIST, its files and the download; images to sequences
+    atomic           files written whole or not at all
+    batches          batches made ahead in a thread, grouped into calls of the graph
+    graphs           a model's traced functions, made once; prediction by batches
+    metrics          cross-entropy, accuracy, the confusion matrix, per-digit figures
+    distribute       tf.distribute: strategies, TF_CONFIG, workers, the steps graph
+    runs             run folders, checkpoints, resume, and stops
+    summaries        TensorBoard's event files: graph, config, hparams, histograms
+    reading          how the network reads: readout after every row, units' gates
+    figures          the pictures TensorBoard shows each epoch
+    pictures         people's own pictures of a digit, decoded and made MNIST-like
+    using            a trained model: evaluate, predict, export
+    server           the page's server, and serve
+    cli              the command line: parsers, flag values, one-line errors
+"""

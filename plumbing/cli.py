@@ -1,0 +1,297 @@
+"""The command line: a parser for each command, every flag with its help and default,
+values checked as they are parsed; and one line, not a traceback, for what goes wrong."""
+
+import argparse
+import contextlib
+import difflib
+import os
+import signal
+import sys
+
+from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION
+from .errors import EXIT_USAGE, UsageError
+from .lazy_tensorflow import INTRA_OP_THREADS
+from .mnist_files import MNIST_URL, TIMESTEPS
+from .runs import DEFAULT_LOGDIR
+
+COMMANDS = ("train", "evaluate", "predict", "export", "serve")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except where there is none to show (None, or a switch that is off)."""
+
+    def _get_help_string(self, action):  # the one hook argparse offers for this
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (problem and fix), not usage plus error."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def whole_number(minimum):
+    """An argparse type: a whole number no smaller than `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
+        return value
+    return parse
+
+
+positive_int, non_negative_int = whole_number(1), whole_number(0)
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def run_name(text):
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a plain folder name, "
+                                         "without path separators or '..'")
+    return text
+
+
+LATEST_RUN = ""  # what --resume means without a name
+
+
+def run_to_resume(text):
+    return text if text == LATEST_RUN else run_name(text)
+
+
+def build_parser(recipe, cells):
+    """The parser of `train`; `recipe` holds the defaults of the recipe's settings, `cells`
+    the recurrent cells it can build."""
+    parser = Parser(prog="rnn_mnist.py [train]",
+                    description="Train an LSTM that reads MNIST digits row by row, "
+                                "then test it on the 10,000 test images.",
+                    epilog="Other commands: evaluate, predict, export, serve "
+                           "(python rnn_mnist.py COMMAND --help).",
+                    formatter_class=HelpFormatter)
+    data = parser.add_argument_group("data")
+    add_data_arguments(data)
+    data.add_argument("--validation-size", type=non_negative_int, default=recipe["validation_size"], metavar="N",
+                      help="hold out the last N training images to pick the best epoch "
+                           "(0: keep the last epoch)")
+    data.add_argument("--shift", type=non_negative_int, default=recipe["shift"], metavar="PIXELS",
+                      help="move each training image by up to this many pixels, at random, "
+                           "every epoch (0: no augmentation)")
+    data.add_argument("--max-train-samples", type=positive_int, metavar="N",
+                      help="use only the first N training images (validation included), "
+                           "for quick trials")
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", choices=sorted(cells), default=recipe["cell"],
+                       help="recurrent cell: lstm, or gru (fewer gates, slightly faster)")
+    model.add_argument("--units", type=positive_int, default=recipe["units"], metavar="N",
+                       help="units per recurrent layer")
+    model.add_argument("--layers", type=positive_int, default=recipe["layers"], metavar="N",
+                       help="stacked recurrent layers")
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=positive_int, default=recipe["epochs"], metavar="N",
+                          help="passes over the training set")
+    training.add_argument("--batch-size", type=positive_int, default=recipe["batch_size"], metavar="N",
+                          help="images per step")
+    training.add_argument("--learning-rate", type=positive_float, default=recipe["learning_rate"], metavar="RATE",
+                          help="Adam's starting learning rate")
+    training.add_argument("--lr-schedule", choices=["cosine", "constant"], default=recipe["lr_schedule"],
+                          help="cosine: decay the rate to zero over the run; constant: keep it")
+    training.add_argument("--seed", type=non_negative_int, default=recipe["seed"], metavar="N", help="seed for weights and shuffling")
+    training.add_argument("--intra-op-threads", type=non_negative_int, default=INTRA_OP_THREADS,
+                          metavar="N",
+                          help="threads that share one TensorFlow operation (0: TensorFlow's "
+                               "choice); this model's operations are too small to split well")
+    training.add_argument("--inter-op-threads", type=non_negative_int, metavar="N",
+                          help="TensorFlow operations that may run at once (0: TensorFlow's "
+                               "choice); default: one per CPU replica, so each core runs a replica")
+    training.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
+                          help="where to train: none (one device: one core, or one GPU), mirrored "
+                               "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
+                               "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
+                               "when TF_CONFIG is set, else mirrored, or none with exactly one GPU")
+    training.add_argument("--cpu-replicas", type=positive_int, metavar="N",
+                          help="on a machine without a GPU: replicas of the model, one per logical "
+                               "CPU device, each training on its part of the batch; default: the "
+                               "number of cores")
+    training.add_argument("--steps-per-execution", type=positive_int, default=STEPS_PER_EXECUTION,
+                          metavar="N", help="training steps in one call of TensorFlow's graph: the "
+                          "same steps, fewer pauses between them; Ctrl-C is honoured within N steps")
+    training.add_argument("--deterministic", action="store_true",
+                          help="make every operation deterministic (a little slower): the same "
+                               "seed and settings give the same weights, resumed or not")
+    output = parser.add_argument_group("output")
+    output.add_argument("--run-name", type=run_name, metavar="NAME",
+                        help="this run's folder in --logdir; without it, the start time "
+                             "(YYYYmmdd-HHMMSS)")
+    output.add_argument("--resume", nargs="?", const=LATEST_RUN, type=run_to_resume, metavar="RUN",
+                        help="continue the run RUN in --logdir (without RUN: the run with the "
+                             "newest checkpoint) from its last checkpoint; only --epochs, the "
+                             "output flags and where it runs (the thread flags, --distribute, "
+                             "--cpu-replicas, --steps-per-execution) may change")
+    output.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="STEPS",
+                        help="save a checkpoint every STEPS batches, besides every epoch")
+    output.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
+                        help="log the training loss and accuracy to TensorBoard every STEPS batches")
+    output.add_argument("--figures-every", type=non_negative_int, default=1, metavar="EPOCHS",
+                        help="draw the TensorBoard pictures (confusion matrix, mistakes, readout "
+                             "and gates over the rows) every EPOCHS epochs (0: never)")
+    output.add_argument("--quiet", action="store_true", help="no progress bars, epoch lines, resume line or summary")
+    add_logdir_and_verbose(output)
+    return parser
+
+
+def add_data_arguments(group):
+    group.add_argument("--data", metavar="PATH",
+                       help="a local mnist.npz (keys x_train, y_train, x_test, y_test) or a folder "
+                            "of the four IDX files (optionally .gz); default: download the Keras "
+                            "copy, verified by sha256, and cache it in $KERAS_HOME/datasets")
+    group.add_argument("--download-url", default=MNIST_URL, metavar="URL",
+                       help="where to download mnist.npz from when --data is not given")
+
+
+def add_logdir_and_verbose(group):
+    group.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
+                       help="the folder of the runs, one sub-folder each: training writes there, "
+                            "and the other commands take the newest model from there")
+    group.add_argument("--verbose", action="store_true",
+                       help="also show TensorFlow's start-up and runtime log messages")
+
+
+def add_model_arguments(parser):
+    parser.add_argument("--model", metavar="PATH",
+                        help="a trained model.keras; default: the newest one in --logdir")
+    add_logdir_and_verbose(parser)
+
+
+def command_parser(command, description):
+    return Parser(prog=f"rnn_mnist.py {command}", description=description,
+                  formatter_class=HelpFormatter)
+
+
+def build_evaluate_parser():
+    parser = command_parser("evaluate", "Test a trained model on the 10,000 MNIST test images: "
+                                        "accuracy, loss, per-class accuracy, confusion matrix.")
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
+                        help="images per batch")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    return parser
+
+
+def build_predict_parser():
+    parser = command_parser("predict", "Name the digit in your own pictures (PNG, JPEG, BMP or "
+                                       "GIF; any size, colour or polarity).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="pictures of one digit each")
+    add_model_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per image instead of a line")
+    parser.add_argument("--show-input", metavar="DIR",
+                        help="write the 28x28 image the model saw, for each picture, into DIR")
+    return parser
+
+
+def build_export_parser():
+    parser = command_parser("export", "Export a trained model as a TensorFlow SavedModel for "
+                                      "serving: uint8 images [N, 28, 28] in, probabilities out.")
+    add_model_arguments(parser)
+    parser.add_argument("--out", metavar="DIR",
+                        help="the SavedModel folder to create; default: saved_model beside the model")
+    parser.add_argument("--tflite", action="store_true",
+                        help="also write model.tflite into the SavedModel folder")
+    return parser
+
+
+def build_serve_parser():
+    parser = command_parser("serve", "Serve a page where you draw a digit and watch the model read "
+                                     "it, row by row; and its API, POST /api/read.")
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every address of this machine)")
+    parser.add_argument("--port", type=non_negative_int, default=8000,
+                        help="port to listen on (0: any free one)")
+    return parser
+
+
+def check_sizes(n_train_images, args):
+    if args.shift >= TIMESTEPS // 2:
+        raise UsageError(f"--shift {args.shift} would move digits out of the frame; "
+                         f"choose 0 to {TIMESTEPS // 2 - 1} pixels")
+    if args.validation_size >= n_train_images:
+        raise UsageError(f"--validation-size {args.validation_size} leaves no training images "
+                         f"out of {n_train_images}; choose a smaller one")
+    n_fit = n_train_images - args.validation_size
+    if args.batch_size > n_fit:
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {n_fit} training "
+                         "images; choose a smaller one")
+
+
+PARSERS = {"evaluate": build_evaluate_parser, "predict": build_predict_parser,
+           "export": build_export_parser, "serve": build_serve_parser}
+
+
+def parser_of(command, recipe, cells):
+    return build_parser(recipe, cells) if command == "train" else PARSERS[command]()
+
+
+def words(argv):
+    """The command's words: `argv`, or without it this process's command line."""
+    return sys.argv[1:] if argv is None else list(argv)
+
+
+def parse(argv, recipe, cells):
+    """(command, its parsed arguments, the train settings named on the command line with
+    their values): the first word names the command; without one, train."""
+    command, argv = split_command(argv)
+    args = parser_of(command, recipe, cells).parse_args(argv)
+    given = given_settings(argv, vars(args), recipe, cells) if command == "train" else {}
+    return command, args, given
+
+
+def given_settings(argv, dests, recipe, cells):
+    """The settings named on the command line, with their values (defaults left out)."""
+    not_given = object()
+    parser = build_parser(recipe, cells)
+    parser.set_defaults(**{dest: not_given for dest in dests})
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not not_given}
+
+
+def split_command(argv):
+    """(command, its arguments)."""
+    if not argv or argv[0].startswith("-"):
+        return "train", argv
+    if argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.5)
+    raise UsageError(f"'{argv[0]}' is not a command; " + (f"did you mean '{close[0]}'? " if close else "")
+                     + f"the commands are {', '.join(COMMANDS)} (python rnn_mnist.py COMMAND --help)")
+
+
+@contextlib.contextmanager
+def answered_in_one_line():
+    """A user's mistake, Ctrl-C outside training, or a reader of the output that left early
+    (`| head`) ends the command with one line (or none) and its exit status."""
+    try:
+        yield
+    except UsageError as e:
+        print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except BrokenPipeError:  # the reader of the output left early: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe
+        raise SystemExit(1) from None

@@ -1,0 +1,98 @@
+"""People's own pictures of a digit: decoded safely (PNG, JPEG, BMP, GIF), and brought
+to the form of MNIST's digits."""
+
+import zlib
+
+import numpy as np
+
+from .errors import UsageError
+from .lazy_tensorflow import tf
+from .mnist_files import FEATURES, MAX_PIXEL, TIMESTEPS
+
+
+DIGIT_BOX = 20  # MNIST scaled each digit to fit 20x20 pixels, then centred it in 28x28
+
+
+def to_mnist_form(pixels):
+    """Any picture of one digit -> a 28x28 uint8 image drawn the way MNIST's are.
+
+    As MNIST itself was made: grayscale; light digit on dark ground (a dark digit
+    on light paper is inverted); cropped to the ink; scaled, keeping the aspect
+    ratio, so the longer side is 20 pixels; placed so its centre of mass is the
+    centre of the 28x28 frame.
+    """
+    image = pixels.astype(np.float32)
+    if image.shape[-1] in (2, 4):  # transparency: lay the picture on white paper
+        alpha = image[..., -1:] / MAX_PIXEL
+        image = image[..., :-1] * alpha + MAX_PIXEL * (1 - alpha)
+    gray = image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[-1] == 3 else image[..., 0]
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > MAX_PIXEL / 2:
+        gray, border = MAX_PIXEL - gray, MAX_PIXEL - border
+    gray = np.clip(gray - np.median(border), 0, None)  # the paper becomes 0
+    if gray.max() <= 0:
+        return None
+    gray *= MAX_PIXEL / gray.max()
+    ink_rows = np.nonzero((gray > MAX_PIXEL / 4).any(axis=1))[0]
+    ink_cols = np.nonzero((gray > MAX_PIXEL / 4).any(axis=0))[0]
+    digit = gray[ink_rows[0]:ink_rows[-1] + 1, ink_cols[0]:ink_cols[-1] + 1]
+    scale = DIGIT_BOX / max(digit.shape)
+    size = [max(1, round(side * scale)) for side in digit.shape]
+    digit = tf.image.resize(digit[..., None], size, antialias=True).numpy()[..., 0]
+    digit = np.clip(digit, 0, MAX_PIXEL)
+    frame = np.zeros((TIMESTEPS, FEATURES), np.float32)
+    rows, cols = np.indices(digit.shape)
+    mass = digit.sum()
+    centre = ((rows * digit).sum() / mass, (cols * digit).sum() / mass)
+    top = int(np.clip(round((TIMESTEPS - 1) / 2 - centre[0]), 0, TIMESTEPS - digit.shape[0]))
+    left = int(np.clip(round((FEATURES - 1) / 2 - centre[1]), 0, FEATURES - digit.shape[1]))
+    frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return np.round(frame).astype(np.uint8)
+
+
+MAX_PICTURE_SIDE = 4096  # pixels: a phone's photo fits; a decompression bomb does not
+
+
+def read_picture(path):
+    """Decode a PNG, JPEG, BMP or GIF file (its first frame) into [H, W, C] uint8 pixels."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); give a PNG, JPEG, BMP or GIF file") from None
+    return decode_picture(data, path)
+
+
+def decode_picture(data, name):
+    """Decode the bytes of a PNG, JPEG, BMP or GIF picture into [H, W, C] uint8 pixels;
+    `name` says what the bytes are in a message, e.g. the file's path."""
+    def refuse_larger(height, width):
+        if max(height, width) > MAX_PICTURE_SIDE:
+            raise UsageError(f"{name} is {width}x{height} pixels, larger than the {MAX_PICTURE_SIDE}x"
+                             f"{MAX_PICTURE_SIDE} this tool reads; give a smaller picture")
+    try:
+        refuse_larger(*declared_size(data))
+        pixels = tf.io.decode_image(data, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError):
+        raise UsageError(f"{name} is not a PNG, JPEG, BMP or GIF image; give a picture of a digit") from None
+    refuse_larger(*pixels.shape[:2])
+    return pixels
+
+
+def declared_size(data):
+    """(height, width) that a PNG or JPEG header declares, (0, 0) for other pictures.
+
+    Read before decoding, because a PNG of a few kilobytes can unpack into gigabytes;
+    a PNG header counts only if its checksum holds, so noise is not taken for a size.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 33 and data[12:16] == b"IHDR" \
+            and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] == b"\xff\xd8":
+        height, width, _ = tf.image.extract_jpeg_shape(data).numpy()
+        return int(height), int(width)
+    return 0, 0
+
+
+def write_png(path, image):
+    tf.io.write_file(path, tf.io.encode_png(image[..., None]))

@@ -1,0 +1,107 @@
+"""How the network reads a digit, for TensorBoard's pictures and the page: the head's
+answer after every row, and the gates and state of chosen units, row by row."""
+
+import numpy as np
+
+from .graphs import rows_spec, traced_once
+from .lazy_tensorflow import keras, tf
+
+
+def recurrent_layers(model):
+    """The model's recurrent layers (LSTM or GRU), first to last."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+def rebuilt(model, change):
+    """A copy of `model` with the same weights, after `change(configs)` has edited the
+    configs of its recurrent layers, first to last."""
+    config = model.get_config()
+    recurrent = {layer.name for layer in recurrent_layers(model)}
+    change([layer["config"] for layer in config["layers"] if layer["config"]["name"] in recurrent])
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def readout_model(model):
+    """The same network, but its head reads the state after every row, not only the last."""
+    return rebuilt(model, lambda recurrent: recurrent[-1].update(return_sequences=True))
+
+
+def unit_trace(model, x):
+    """Per unit and row, the gates and state of the last recurrent layer: {name: [N, T, units]},
+    and that layer's output after the last step, [N, units].
+
+    Keras does not expose the gates, so the cell is run again here in NumPy from the
+    layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
+    reset after the recurrent product) equations. The state is shown squashed into
+    [-1, 1] as the cell itself squashes it: tanh(c) for an LSTM, h for a GRU.
+    """
+    recurrent = recurrent_layers(model)
+    layer = recurrent[-1]
+    if len(recurrent) > 1:  # the last layer reads the rows as the layer below it gives them
+        x = np.asarray(keras.Model(model.inputs[0], recurrent[-2].output)(x))
+    kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
+    units = recurrent_kernel.shape[0]
+    h = np.zeros((len(x), units), np.float32)
+    c = np.zeros_like(h)
+    trace = {}
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    def record(**values):
+        for name, value in values.items():
+            trace.setdefault(name.replace("_", " "), []).append(value)
+
+    for t in range(x.shape[1]):
+        if isinstance(layer, keras.layers.LSTM):
+            z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+            i, f, g, o = np.split(z, 4, axis=1)
+            i, f, o = sigmoid(i), sigmoid(f), sigmoid(o)
+            c = f * c + i * np.tanh(g)
+            h = o * np.tanh(c)
+            record(input_gate=i, forget_gate=f, output_gate=o, cell_state=np.tanh(c))
+        else:
+            input_bias, recurrent_bias = bias if bias.ndim == 2 else (bias, np.zeros_like(bias))
+            xz, xr, xh = np.split(x[:, t] @ kernel + input_bias, 3, axis=1)
+            hz, hr, hh = np.split(h @ recurrent_kernel + recurrent_bias, 3, axis=1)
+            update, reset = sigmoid(xz + hz), sigmoid(xr + hr)
+            h = update * h + (1 - update) * np.tanh(xh + reset * hh)
+            record(update_gate=update, reset_gate=reset, hidden_state=h)
+    return {name: np.stack(values, axis=1) for name, values in trace.items()}, h
+
+
+UNITS_PER_DIGIT = 4  # units shown for each digit in the pictures of the state
+
+
+def voting_units(model, per_digit=UNITS_PER_DIGIT):
+    """The units shown in the pictures of the state, and the digit each is shown for.
+
+    For each digit, the `per_digit` units of the last recurrent layer with the largest
+    weight into that digit's softmax input: the units its answer is read from, so a
+    drawn 3 lights up the 3's units and a 7 the 7's. An average over all units (what
+    this picture showed first) looks nearly alike for every digit. The choice follows
+    from the weights alone, so the page needs no data to make it.
+    """
+    kernel = np.asarray(model.layers[-1].get_weights()[0])  # the head's: [units, classes]
+    top = np.argsort(-kernel, axis=0)[:min(per_digit, len(kernel))]  # [per_digit, classes]
+    return top.T.reshape(-1), np.repeat(np.arange(kernel.shape[1]), len(top))
+
+
+def how_it_reads(model, x):
+    """What the pictures and the page show of digits x [N, rows, pixels] in [0, 1]:
+    "readout", the class probabilities after each row [N, T, classes]; "state", the shown
+    units' gates and state after each row, {name: [N, T, K]}; "units" and "unit_digits",
+    which units those are and the digit each votes for."""
+    readout = traced_once(model, "readout", lambda: traced_readout(model))
+    trace, _ = unit_trace(model, x)
+    units, digits = voting_units(model)
+    return {"readout": readout(np.asarray(x, np.float32)).numpy(),
+            "state": {name: values[..., units] for name, values in trace.items()},
+            "units": units, "unit_digits": digits}
+
+
+def traced_readout(model):
+    copy = readout_model(model)
+    return tf.function(lambda rows: copy(rows, training=False), input_signature=[rows_spec(model)])

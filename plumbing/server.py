@@ -1,0 +1,185 @@
+"""The page's server: draw a digit and watch the network read it, row by row.
+
+The page is three static files in page/ and one JSON endpoint, POST /api/read.
+"""
+
+import http.server
+import json
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from .errors import UsageError
+from .lazy_tensorflow import configure_tensorflow, quiet_tensorflow
+from .mnist_files import as_sequences
+from .pictures import decode_picture, to_mnist_form
+from .reading import how_it_reads, recurrent_layers, voting_units
+from .using import load_trained_model, model_line, tested_accuracy
+
+
+PAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "page")
+PAGE_FILES = {  # URL path -> (file in PAGE_DIR, content type); nothing else is served
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+MAX_BODY = 4 << 20  # bytes of one picture sent to /api/read
+DRAIN_LIMIT = 64 << 20  # a larger body is not even read to its end: the connection is closed
+
+
+class Reader:
+    """One model reading pictures for the page and its API, one picture at a time."""
+
+    def __init__(self, model, path):
+        self.model, self.lock = model, threading.Lock()
+        units, digits = voting_units(model)
+        run_dir = os.path.dirname(path)
+        self.about = {"model": path, "run": os.path.basename(run_dir),
+                      "test_accuracy": tested_accuracy(run_dir),
+                      "cell": type(recurrent_layers(model)[-1]).__name__, "units": units.tolist(),
+                      "unit_digits": digits.tolist()}
+        how_it_reads(model, np.zeros((1, *model.input_shape[1:]), np.float32))  # traced now, so
+        # the first drawing is answered as fast as the others
+
+    def answer(self, data):
+        """The bytes of a picture -> what the page shows (see README, The page's API)."""
+        if not data:
+            raise UsageError("the body is empty; send the bytes of a PNG, JPEG, BMP or GIF picture")
+        seen = to_mnist_form(decode_picture(data, "the picture"))
+        if seen is None:
+            raise UsageError("the picture is blank: no digit to read")
+        with self.lock:  # the model's traced functions are built on first use: once
+            reading = how_it_reads(self.model, as_sequences(seen[None]))
+        readout = reading["readout"][0]
+        return {"digit": int(readout[-1].argmax()), "probabilities": rounded(readout[-1]),
+                "readout": rounded(readout), "seen": seen.tolist(),
+                "state": {name: rounded(values[0]) for name, values in reading["state"].items()},
+                "units": reading["units"].tolist(), "unit_digits": reading["unit_digits"].tolist()}
+
+
+def rounded(values, digits=4):
+    """Floats for JSON, to 4 decimals: a readout is 280 of them, the state 4,480."""
+    return np.round(np.asarray(values, np.float64), digits).tolist()
+
+
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """GET the page's files and /api/model; POST a picture to /api/read. Every answer of
+    the API, errors included, is JSON; no request, however bad, stops the server."""
+
+    server_version = "rnn_mnist"
+    protocol_version = "HTTP/1.1"  # keep-alive, so the page's requests reuse one connection
+    disable_nagle_algorithm = True  # else the body waits ~40 ms for the ACK of the headers
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/api/model":
+            return self.send_json(200, self.server.reader.about)
+        if path == "/api/read":
+            return self.send_json(405, {"error": "POST the bytes of a picture to /api/read"})
+        if path not in PAGE_FILES:
+            return self.send_json(404, {"error": f"no page at {path}; the page is at /"})
+        name, content_type = PAGE_FILES[path]
+        with open(os.path.join(PAGE_DIR, name), "rb") as f:
+            self.send_body(200, f.read(), content_type)
+
+    def do_POST(self):
+        if self.path.split("?")[0] != "/api/read":
+            return self.send_json(404, {"error": f"nothing to POST to at {self.path}; "
+                                                 "POST a picture to /api/read"})
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True  # what follows the headers cannot be told apart
+            return self.send_json(411, {"error": "send the picture's bytes with a Content-Length"})
+        if length > MAX_BODY:
+            self.drain(length)
+            return self.send_json(413, {"error": f"the body is {length:,} bytes, more than the "
+                                                 f"{MAX_BODY:,} a picture may have; send a smaller one"})
+        try:
+            answer = self.server.reader.answer(self.rfile.read(length))
+        except UsageError as e:
+            return self.send_json(400, {"error": str(e)})
+        except Exception as e:  # the server keeps serving; the user gets one line, not a traceback
+            print(f"rnn_mnist.py serve: could not read a picture ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+            return self.send_json(500, {"error": f"could not read the picture ({type(e).__name__})"})
+        self.send_json(200, answer)
+
+    def drain(self, length):
+        """Read a refused body to its end, so the client hears the answer rather than a reset."""
+        if length > DRAIN_LIMIT:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:  # the client gave up
+                return
+            length -= len(chunk)
+
+    def send_json(self, status, obj):
+        self.send_body(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json")
+
+    def send_body(self, status, body, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # one line per request with --verbose, else none
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class PageServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # one line, not the standard traceback
+        error = sys.exc_info()[1]
+        print(f"rnn_mnist.py serve: a request from {client_address[0]} failed "
+              f"({type(error).__name__}: {error})", file=sys.stderr)
+
+
+def page_server(reader, host="127.0.0.1", port=8000, verbose=False):
+    """An HTTP server for the page, bound but not yet serving (call serve_forever)."""
+    try:
+        server = PageServer((host, port), PageHandler)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); give --port another "
+                         "number (0: any free one) or --host an address of this machine") from None
+    server.reader, server.verbose = reader, verbose
+    return server
+
+
+def serve_command(args):
+    """Serve the page until Ctrl-C (or SIGTERM); return where it was served."""
+    quiet_tensorflow(args.verbose)
+    configure_tensorflow()
+    model, path = load_trained_model(args.model, args.logdir)
+    reader = Reader(model, path)
+    server = page_server(reader, args.host, args.port, args.verbose)
+    host, port = server.server_address[:2]
+    address = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+    print(model_line(path, args.model is None))
+    print(f"serving the page at {address}  (Ctrl-C to stop)", flush=True)
+    previous = {sig: signal.signal(sig, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does,
+                for sig in (signal.SIGINT, signal.SIGTERM)}           # even where Ctrl-C was ignored
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        for sig in previous:  # a second Ctrl-C does not break into the shutdown
+            signal.signal(sig, signal.SIG_IGN)
+        print("stopped serving", flush=True)
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return {"model": path, "address": address}

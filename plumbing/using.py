@@ -1,0 +1,207 @@
+"""Using a trained model: finding and loading it, saying which it is, and the commands
+evaluate, predict and export (a SavedModel, and TFLite)."""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .errors import UsageError
+from .graphs import predict
+from .lazy_tensorflow import configure_tensorflow, keras, quiet_tensorflow, tf
+from .metrics import confusion_matrix, per_class, scores
+from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
+from .pictures import read_picture, to_mnist_form, write_png
+from .reading import rebuilt
+from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, newest_run_with
+
+
+def load_trained_model(path, logdir=DEFAULT_LOGDIR):
+    """Load a model this tool trained (Keras safe mode: no arbitrary code), or explain why not."""
+    if path is None:
+        run = newest_run_with(logdir, MODEL_FILE)
+        if run is None:
+            raise UsageError(f"no trained model in {logdir}; train one first, or give --model PATH")
+        path = os.path.join(logdir, run, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"--model {path} does not exist; give the model.keras of a run")
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as e:  # Keras raises many kinds for a file that is not a model
+        reason = str(e).strip().splitlines()[0][:REASON_CHARS] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a Keras model this tool can load ({reason}); "
+                         "give the model.keras of a run") from None
+    expected_in, expected_out = (None, TIMESTEPS, FEATURES), (None, NUM_CLASSES)
+    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
+        raise UsageError(f"{path} maps {model.input_shape} to {model.output_shape}, not MNIST "
+                         f"rows {expected_in} to {NUM_CLASSES} classes; give a model this tool trained")
+    return model, path
+
+
+def tested_accuracy(run_dir):
+    """The test accuracy in a run folder's metrics.json, or None (unfinished, or no run)."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            return float(json.load(f)["test_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def model_line(path, picked):
+    """Which model a command uses, with its run and test accuracy, said before it answers."""
+    run_dir = os.path.dirname(path)
+    accuracy = tested_accuracy(run_dir)
+    if accuracy is not None:
+        tested = f"test accuracy {accuracy:.2%}"
+    else:
+        tested = "not tested: its run has not finished" if os.path.isfile(
+            os.path.join(run_dir, "config.json")) else "not trained in a run folder of this tool"
+    which = "the newest model in --logdir" if picked else "model"
+    return f"using {which}: {path} (run {os.path.basename(run_dir) or '.'}, {tested})"
+
+
+def format_confusion(counts):
+    width = max(5, len(str(counts.max())) + 1)
+    head = "true\\pred" + "".join(f"{c:>{width}}" for c in range(len(counts)))
+    rows = [f"{t:>9}" + "".join(f"{n:>{width}}" for n in row) for t, row in enumerate(counts)]
+    return "\n".join([head] + rows)
+
+
+def format_per_class(counts):
+    lines = ["digit  images  correct  accuracy  precision"]
+    for digit, total, right, recall, precision in per_class(counts):
+        lines.append(f"{digit:>5}  {total:>6,}  {right:>7,}  {recall:>8.2%}  {precision:>9.2%}")
+    return "\n".join(lines)
+
+
+def serving_function(model):
+    """uint8 images [N, 28, 28], 0-255, MNIST polarity -> {"probabilities": [N, 10]}."""
+    @tf.function(input_signature=[tf.TensorSpec([None, TIMESTEPS, FEATURES], tf.uint8, name="images")])
+    def serve(images):
+        return {"probabilities": model(tf.cast(images, tf.float32) / MAX_PIXEL, training=False)}
+    return serve
+
+
+def write_saved_model(model, out_dir):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_function(model))
+    archive.write_out(out_dir, verbose=False)
+
+
+def export_model(model, out_dir, tflite=False):
+    """Write a SavedModel (signature `serving_default`) and, if asked, a .tflite file."""
+    write_saved_model(model, out_dir)
+    written = [out_dir]
+    if tflite:
+        # TFLite's built-in ops have no while loop over tensor lists: convert a copy whose
+        # recurrent layers are unrolled over the rows (same weights, same outputs). This
+        # tool's models are unrolled already; a model saved with a loop is not.
+        unrolled = rebuilt(model, lambda recurrent: [c.update(unroll=True) for c in recurrent])
+        with tempfile.TemporaryDirectory() as scratch:
+            write_saved_model(unrolled, scratch)
+            flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
+        path = os.path.join(out_dir, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(flat)
+        written.append(path)
+    return written
+
+
+def evaluate_command(args):
+    """The whole test set through a trained model: printed tables, and the figures returned."""
+    quiet_tensorflow(args.verbose)
+    configure_tensorflow()
+    model, path = load_trained_model(args.model, args.logdir)
+    _, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
+    print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
+    x = as_sequences(x_test)
+    predict(model, x[:args.batch_size], args.batch_size)  # warm-up: tracing
+    started = time.perf_counter()
+    probabilities = predict(model, x, args.batch_size)
+    seconds = time.perf_counter() - started
+    counts = confusion_matrix(probabilities, y_test)
+    results = {
+        "model": path,
+        "images": len(y_test),
+        **scores(probabilities, y_test),
+        "per_class_accuracy": [float(recall) for _, _, _, recall, _ in per_class(counts)],
+        "confusion_matrix": counts.tolist(),
+        "images_per_second": len(y_test) / seconds,
+    }
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"\ntest accuracy {results['accuracy']:.2%}  loss {results['loss']:.4f}  "
+              f"({results['images']:,} images, {results['images_per_second']:,.0f} images/s)\n")
+        print(format_per_class(counts) + "\n")
+        print("confusion matrix (rows: true digit, columns: predicted)")
+        print(format_confusion(counts))
+    return results
+
+
+def predict_command(args):
+    """Name the digit in each picture; return one record per picture."""
+    quiet_tensorflow(args.verbose)
+    configure_tensorflow()
+    inputs = []
+    for path in args.images:  # every picture is checked before any is predicted
+        image = to_mnist_form(read_picture(path))
+        if image is None:
+            raise UsageError(f"{path} is blank: no digit to read")
+        inputs.append(image)
+    shown = []
+    if args.show_input:
+        shown = [os.path.join(args.show_input, os.path.splitext(os.path.basename(p))[0] + "-28x28.png")
+                 for p in args.images]
+        clashes = [p for p in shown if os.path.exists(p)] or (
+            [p for p in shown if shown.count(p) > 1])
+        if clashes:
+            raise UsageError(f"{clashes[0]} exists already or would be written twice; "
+                             "give --show-input an empty folder")
+    model, path = load_trained_model(args.model, args.logdir)
+    print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
+    probabilities = predict(model, as_sequences(np.stack(inputs)))
+    records = []
+    for i, (picture, p) in enumerate(zip(args.images, probabilities)):
+        ranked = np.argsort(p)[::-1]
+        record = {"image": picture, "digit": int(ranked[0]), "probability": float(p[ranked[0]]),
+                  "probabilities": [round(float(v), 6) for v in p]}
+        if shown:
+            os.makedirs(args.show_input, exist_ok=True)
+            write_png(shown[i], inputs[i])
+            record["model_input"] = shown[i]
+        records.append(record)
+        if args.json:
+            print(json.dumps(record))
+        else:
+            runners_up = ", ".join(f"{d} ({p[d]:.1%})" if p[d] >= 0.001 else f"{d} (<0.1%)"
+                                   for d in ranked[1:3])
+            print(f"{picture}: {ranked[0]}  ({p[ranked[0]]:.1%})   then {runners_up}"
+                  + (f"   model saw {shown[i]}" if shown else ""))
+    return records
+
+
+def export_command(args):
+    quiet_tensorflow(args.verbose)
+    model, path = load_trained_model(args.model, args.logdir)
+    out = args.out or os.path.join(os.path.dirname(path), "saved_model")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UsageError(f"{out} exists already; give --out a new folder")
+    print(model_line(path, args.model is None))
+    try:
+        written = export_model(model, out, tflite=args.tflite)
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror}); give --out a folder you can write to") from None
+    print("exported")
+    for item in written:
+        print(f"  {item}")
+    print("serving signature 'serving_default': images uint8 [N, 28, 28] (0-255, white digit on "
+          "black) -> probabilities float32 [N, 10]")
+    if args.tflite:
+        print("model.tflite: the same, one image at a time ([1, 28, 28]) until resized with "
+              "interpreter.resize_tensor_input(input_index, [N, 28, 28]) and allocate_tensors()")
+    return {"model": path, "written": written}
