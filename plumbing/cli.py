@@ -82,9 +82,20 @@ def build_parser(recipe, cells):
                     epilog="Other commands: evaluate, predict, export, serve "
                            "(python rnn_mnist.py COMMAND --help).",
                     formatter_class=HelpFormatter)
+    add_recipe_arguments(parser, recipe, cells)
+    add_engine_arguments(parser.add_argument_group("where it trains"))
+    output = parser.add_argument_group("output")
+    add_run_arguments(output)
+    add_logdir_and_verbose(output)
+    return parser
+
+
+def add_recipe_arguments(parser, recipe, cells):
+    """The recipe's settings, with their defaults from `recipe`, in three groups."""
     data = parser.add_argument_group("data")
     add_data_arguments(data)
-    data.add_argument("--validation-size", type=non_negative_int, default=recipe["validation_size"], metavar="N",
+    data.add_argument("--validation-size", type=non_negative_int, default=recipe["validation_size"],
+                      metavar="N",
                       help="hold out the last N training images to pick the best epoch "
                            "(0: keep the last epoch)")
     data.add_argument("--shift", type=non_negative_int, default=recipe["shift"], metavar="PIXELS",
@@ -105,34 +116,43 @@ def build_parser(recipe, cells):
                           help="passes over the training set")
     training.add_argument("--batch-size", type=positive_int, default=recipe["batch_size"], metavar="N",
                           help="images per step")
-    training.add_argument("--learning-rate", type=positive_float, default=recipe["learning_rate"], metavar="RATE",
+    training.add_argument("--learning-rate", type=positive_float, default=recipe["learning_rate"],
+                          metavar="RATE",
                           help="Adam's starting learning rate")
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default=recipe["lr_schedule"],
                           help="cosine: decay the rate to zero over the run; constant: keep it")
-    training.add_argument("--seed", type=non_negative_int, default=recipe["seed"], metavar="N", help="seed for weights and shuffling")
-    training.add_argument("--intra-op-threads", type=non_negative_int, default=INTRA_OP_THREADS,
-                          metavar="N",
-                          help="threads that share one TensorFlow operation (0: TensorFlow's "
-                               "choice); this model's operations are too small to split well")
-    training.add_argument("--inter-op-threads", type=non_negative_int, metavar="N",
-                          help="TensorFlow operations that may run at once (0: TensorFlow's "
-                               "choice); default: one per CPU replica, so each core runs a replica")
-    training.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
-                          help="where to train: none (one device: one core, or one GPU), mirrored "
-                               "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
-                               "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
-                               "when TF_CONFIG is set, else mirrored, or none with exactly one GPU")
-    training.add_argument("--cpu-replicas", type=positive_int, metavar="N",
-                          help="on a machine without a GPU: replicas of the model, one per logical "
-                               "CPU device, each training on its part of the batch; default: the "
-                               "number of cores")
-    training.add_argument("--steps-per-execution", type=positive_int, default=STEPS_PER_EXECUTION,
-                          metavar="N", help="training steps in one call of TensorFlow's graph: the "
-                          "same steps, fewer pauses between them; Ctrl-C is honoured within N steps")
-    training.add_argument("--deterministic", action="store_true",
-                          help="make every operation deterministic (a little slower): the same "
-                               "seed and settings give the same weights, resumed or not")
-    output = parser.add_argument_group("output")
+    training.add_argument("--seed", type=non_negative_int, default=recipe["seed"], metavar="N",
+                          help="seed for weights and shuffling")
+
+
+def add_engine_arguments(group):
+    """Where and how fast training runs: the same steps whatever these say."""
+    group.add_argument("--intra-op-threads", type=non_negative_int, default=INTRA_OP_THREADS,
+                       metavar="N",
+                       help="threads that share one TensorFlow operation (0: TensorFlow's "
+                            "choice); this model's operations are too small to split well")
+    group.add_argument("--inter-op-threads", type=non_negative_int, metavar="N",
+                       help="TensorFlow operations that may run at once (0: TensorFlow's "
+                            "choice); default: one per CPU replica, so each core runs a replica")
+    group.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
+                       help="where to train: none (one device: one core, or one GPU), mirrored "
+                            "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
+                            "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
+                            "when TF_CONFIG is set, else mirrored, or none with exactly one GPU")
+    group.add_argument("--cpu-replicas", type=positive_int, metavar="N",
+                       help="on a machine without a GPU: replicas of the model, one per logical "
+                            "CPU device, each training on its part of the batch; default: the "
+                            "number of cores")
+    group.add_argument("--steps-per-execution", type=positive_int, default=STEPS_PER_EXECUTION,
+                       metavar="N", help="training steps in one call of TensorFlow's graph: the "
+                       "same steps, fewer pauses between them; Ctrl-C is honoured within N steps")
+    group.add_argument("--deterministic", action="store_true",
+                       help="make every operation deterministic (a little slower): the same "
+                            "seed and settings give the same weights, resumed or not")
+
+
+def add_run_arguments(output):
+    """The run's folder, checkpoints, logs and what it prints."""
     output.add_argument("--run-name", type=run_name, metavar="NAME",
                         help="this run's folder in --logdir; without it, the start time "
                              "(YYYYmmdd-HHMMSS)")
@@ -148,9 +168,8 @@ def build_parser(recipe, cells):
     output.add_argument("--figures-every", type=non_negative_int, default=1, metavar="EPOCHS",
                         help="draw the TensorBoard pictures (confusion matrix, mistakes, readout "
                              "and gates over the rows) every EPOCHS epochs (0: never)")
-    output.add_argument("--quiet", action="store_true", help="no progress bars, epoch lines, resume line or summary")
-    add_logdir_and_verbose(output)
-    return parser
+    output.add_argument("--quiet", action="store_true",
+                        help="no progress bars, epoch lines, resume line or summary")
 
 
 def add_data_arguments(group):
