@@ -202,7 +202,7 @@ class Training:
         self.global_step = int(state.optimizer.iterations.numpy())
         self.quiet = quiet or not worker.chief
         self.checkpoints = runs.Checkpoints(state, run_dir, summaries, worker)
-        self.watchdog = distribute.watchdog_for(worker, run_dir)
+        self.watchdog = distribute.watchdog_for(worker, lambda: runs.how_to_go_on(run_dir))
 
     def fit(self):
         """Train from wherever the state stands to `settings.epochs`, checkpointing as it
@@ -364,18 +364,19 @@ def run(args, given):
     """
     settings, run_dir = runs.settings_of_run(args, given)
     tf_config = os.environ.get("TF_CONFIG") if settings.distribute in ("auto", "multi-worker") else None
-    distribute.placement(settings.distribute, 0, tf_config)  # a mistake in TF_CONFIG: before any work
+    worker = distribute.placement(settings.distribute, 0, tf_config)[1]  # TF_CONFIG checked first
     x_train, y_train, x_test, y_test = load_mnist(settings.data, url=settings.download_url)
     if settings.max_train_samples:
         x_train, y_train = x_train[:settings.max_train_samples], y_train[:settings.max_train_samples]
     cli.check_sizes(len(x_train), settings)
 
-    quiet_tensorflow(settings.verbose)
-    where, worker, on_cpu = distribute.placement(settings.distribute,
-                                                 len(tf.config.list_physical_devices("GPU")), tf_config)
-    strategy = distribute.start_strategy(settings, where, on_cpu)
-    if worker.count > 1:
-        settings, run_dir = runs.agreed_run(strategy, worker, settings, run_dir, args, given)
+    with distribute.cluster_forming(worker, tf_config, settings.worker_wait):
+        quiet_tensorflow(settings.verbose)
+        where, worker, on_cpu = distribute.placement(
+            settings.distribute, len(tf.config.list_physical_devices("GPU")), tf_config)
+        strategy = distribute.start_strategy(settings, where, on_cpu)
+        if worker.count > 1:
+            settings, run_dir = runs.agreed_run(strategy, worker, settings, run_dir, args, given)
     if args.resume is None and worker.chief:
         runs.prepare_run_dir(run_dir)
     with strategy.scope():

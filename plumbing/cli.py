@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION
+from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
 from .errors import EXIT_USAGE, UsageError
 from .lazy_tensorflow import INTRA_OP_THREADS
 from .mnist_files import MNIST_URL, TIMESTEPS
@@ -139,6 +139,9 @@ def add_engine_arguments(group):
                             "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
                             "multi-worker (the machines that TF_CONFIG names); auto: multi-worker "
                             "when TF_CONFIG is set, else mirrored, or none with exactly one GPU")
+    group.add_argument("--worker-wait", type=positive_float, default=WORKER_WAIT_SECONDS,
+                       metavar="SECONDS", help="with several workers: how long each waits for the "
+                       "others to join before it gives up")
     group.add_argument("--cpu-replicas", type=positive_int, metavar="N",
                        help="on a machine without a GPU: replicas of the model, one per logical "
                             "CPU device, each training on its part of the batch; default: the "
@@ -160,7 +163,7 @@ def add_run_arguments(output):
                         help="continue the run RUN in --logdir (without RUN: the run with the "
                              "newest checkpoint) from its last checkpoint; only --epochs, the "
                              "output flags and where it runs (the thread flags, --distribute, "
-                             "--cpu-replicas, --steps-per-execution) may change")
+                             "--cpu-replicas, --steps-per-execution, --worker-wait) may change")
     output.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="STEPS",
                         help="save a checkpoint every STEPS batches, besides every epoch")
     output.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",

@@ -4,9 +4,12 @@ and the mechanics of a training graph that runs several steps per call on every 
 """
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ STEPS_PER_EXECUTION = 16  # training steps per call of the graph (bench/README.m
 
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 WORKER_TIMEOUT_SECONDS = 120  # a worker that hears nothing from the others this long gives up
+WORKER_WAIT_SECONDS = 300  # how long a starting worker waits for the others (--worker-wait)
 TF_CONFIG_FIX = ('set it to {"cluster": {"worker": ["host:port", ...]}, '
                  '"task": {"type": "worker", "index": N}}, the same cluster on every worker')
 
@@ -109,20 +113,96 @@ class Watchdog:
     def watch(self):
         while not self.done.wait(1.0):
             if time.monotonic() - self.last > self.seconds:
-                print(self.message, file=sys.stderr, flush=True)
+                print(self.message(), file=sys.stderr, flush=True)
                 os._exit(1)  # the main thread is blocked inside TensorFlow: nothing else ends it
 
     def stop(self):
         self.done.set()
 
-def watchdog_for(worker, run_dir):
-    """A Watchdog for a worker among others (None when it trains alone)."""
+
+def watchdog_for(worker, how_to_go_on):
+    """A Watchdog for a worker among others (None when it trains alone); `how_to_go_on()`
+    ends its line."""
     if worker.count == 1:
         return None
-    return Watchdog(WORKER_TIMEOUT_SECONDS, (
+    return Watchdog(WORKER_TIMEOUT_SECONDS, lambda: (
         f"rnn_mnist.py: error: worker {worker.index} of {worker.count} heard nothing from the "
-        f"others for {WORKER_TIMEOUT_SECONDS} s; start every worker again with --resume to go "
-        f"on from the last checkpoint in {run_dir}"))
+        f"others for {WORKER_TIMEOUT_SECONDS} s; {how_to_go_on()}"))
+
+
+def cluster_addresses(tf_config):
+    """The "host:port" of every worker that TF_CONFIG names, the chief first (checked already)."""
+    cluster = json.loads(tf_config)["cluster"]
+    return cluster.get("chief", []) + cluster.get("worker", [])
+
+
+def others_line(worker, addresses, seconds):
+    others = ", ".join(f"worker {i} at {address}" for i, address in enumerate(addresses)
+                       if i != worker.index)
+    return (f"worker {worker.index} of {worker.count}: waiting for {others} to join "
+            f"(at most {seconds:g} s: --worker-wait)")
+
+
+def exposure_line(worker, addresses):
+    """TensorFlow 2.21's gRPC server binds 0.0.0.0 whatever TF_CONFIG names (its
+    grpc_server_lib.cc listens on "0.0.0.0:" + the port): said once, since it opens the
+    port to every network the machine is on."""
+    port = addresses[worker.index].rsplit(":", 1)[1]
+    return (f"worker {worker.index} of {worker.count}: TensorFlow listens on port {port} of every "
+            "address of this machine, not only the one TF_CONFIG names: keep the workers on a "
+            "private network or behind a firewall")
+
+
+@contextlib.contextmanager
+def cluster_forming(worker, tf_config, seconds):
+    """While this worker starts TensorFlow and finds the others: Ctrl-C ends it at once,
+    and so does a wait longer than `seconds`, each with one line.
+
+    Until every worker has joined, TensorFlow blocks the main thread in C++ without
+    letting go of Python's lock, so no Python code of this process runs: not a signal
+    handler, not a thread. So Ctrl-C gets its default action (the process ends at once,
+    130), and a small process forked before TensorFlow starts watches: when this one ends
+    before the cluster has formed, or takes too long, it says so. (SIGTERM cannot be
+    given the same: TensorFlow's cluster setup installs a SIGTERM handler of its own, its
+    preemption notifier, which keeps the worker waiting; the wait's bound ends it.)
+    """
+    if worker.count == 1:
+        yield
+        return
+    addresses = cluster_addresses(tf_config)
+    print(others_line(worker, addresses, seconds), flush=True)
+    print(exposure_line(worker, addresses), flush=True)
+    sys.stderr.flush()
+    formed, tell = os.pipe()
+    watcher = os.fork()
+    if watcher == 0:
+        os.close(tell)
+        watch_the_forming(worker, seconds, formed, os.getppid())
+    os.close(formed)
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        os.write(tell, b"formed")
+        os.close(tell)
+        os.waitpid(watcher, 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def watch_the_forming(worker, seconds, formed, parent):
+    """The watcher process (never returns): silent when told the cluster has formed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches it too
+    if not select.select([formed], [], [], seconds)[0]:  # time is up, and the worker still waits
+        os.kill(parent, signal.SIGKILL)  # TensorFlow's own SIGTERM handler would keep it waiting
+        print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} waited {seconds:g} s "
+              "for the others and gives up: start every worker, each with its TF_CONFIG, within "
+              "--worker-wait of one another", file=sys.stderr, flush=True)
+    elif not os.read(formed, 16):  # closed without a word: the worker ended while it waited
+        print(f"rnn_mnist.py: worker {worker.index} of {worker.count} stopped (Ctrl-C, SIGTERM or a "
+              "crash) while it waited for the others to join; nothing was trained or saved",
+              file=sys.stderr, flush=True)
+    os._exit(0)
 
 
 def worker_lost_errors(worker):

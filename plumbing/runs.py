@@ -29,7 +29,7 @@ REASON_CHARS = 160  # of an error from TensorFlow, at most this much is quoted i
 # Settings a resumed run may change (when given); any other must match its config.json.
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
                       "resume", "intra_op_threads", "inter_op_threads", "distribute",
-                      "cpu_replicas", "steps_per_execution"}
+                      "cpu_replicas", "steps_per_execution", "worker_wait"}
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
 MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
 
@@ -238,6 +238,14 @@ def resume_line(state, settings, run_dir, n_train):
     return f"resuming run {settings.run_name} at {where} (checkpoint {checkpoint} in {run_dir})"
 
 
+def how_to_go_on(run_dir):
+    """What every worker of a run that broke off should do: resume, or start again when no
+    checkpoint was saved yet (a resume would find none)."""
+    if tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+        return f"start every worker again with --resume to go on from the last checkpoint in {run_dir}"
+    return f"no checkpoint was saved yet: remove {run_dir} and start every worker again"
+
+
 def resume_command(settings):
     logdir = "" if settings.logdir == DEFAULT_LOGDIR else f" --logdir {settings.logdir}"
     return f"python rnn_mnist.py --resume {settings.run_name}{logdir}"
@@ -290,6 +298,5 @@ def report_stop(stop, state, settings, run_dir, worker):
                      stop.message or "")
     reason = (said.group(1) if said else type(stop).__name__).strip()[:REASON_CHARS]
     print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} lost the others at {where} "
-          f"({reason}); start every worker again with --resume to go on from the last checkpoint "
-          f"in {run_dir}", file=sys.stderr)
+          f"({reason}); {how_to_go_on(run_dir)}", file=sys.stderr)
     raise SystemExit(1)

@@ -1,14 +1,20 @@
 """The page's server: draw a digit and watch the network read it, row by row.
 
-The page is three static files in page/ and one JSON endpoint, POST /api/read.
+The page is three static files in page/ and one JSON endpoint, POST /api/read, served
+by the standard library's ThreadingHTTPServer, hardened for clients that are many, slow
+or idle (README, "Why the standard library's server"): a listen backlog that holds a
+burst, a deadline for each request to arrive, and a cap on the connections (so on
+the threads) that are open at once.
 """
 
 import http.server
 import json
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -28,6 +34,10 @@ PAGE_FILES = {  # URL path -> (file in PAGE_DIR, content type); nothing else is 
 }
 MAX_BODY = 4 << 20  # bytes of one picture sent to /api/read
 DRAIN_LIMIT = 64 << 20  # a larger body is not even read to its end: the connection is closed
+BACKLOG = 1024  # connections the kernel holds until they are accepted (the standard library's: 5)
+REQUEST_SECONDS = 30  # for a request to arrive whole, or for the next one on a kept-alive connection
+MAX_CONNECTIONS = 64  # open at once, a thread each; past it, the longest-waiting one is closed
+EVICTABLE_SECONDS = 1.0  # a connection waiting this long for its request may be closed for a new one
 
 
 class Reader:
@@ -71,9 +81,15 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
     server_version = "rnn_mnist"
     protocol_version = "HTTP/1.1"  # keep-alive, so the page's requests reuse one connection
-    disable_nagle_algorithm = True  # else the body waits ~40 ms for the ACK of the headers
+    disable_nagle_algorithm = True  # else the body waits for the ACK of the headers
+    timeout = 2 * REQUEST_SECONDS  # on each read and write; the deadline below is the real bound
+
+    def handle_one_request(self):
+        self.server.connections.waiting(self.connection)  # until the request has arrived whole
+        super().handle_one_request()
 
     def do_GET(self):
+        self.server.connections.working(self.connection)
         path = self.path.split("?")[0]
         if path == "/api/model":
             return self.send_json(200, self.server.reader.about)
@@ -87,6 +103,7 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         if self.path.split("?")[0] != "/api/read":
+            self.server.connections.working(self.connection)
             return self.send_json(404, {"error": f"nothing to POST to at {self.path}; "
                                                  "POST a picture to /api/read"})
         try:
@@ -100,8 +117,13 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             self.drain(length)
             return self.send_json(413, {"error": f"the body is {length:,} bytes, more than the "
                                                  f"{MAX_BODY:,} a picture may have; send a smaller one"})
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client went, or was closed at its deadline: no one to answer
+            self.close_connection = True
+            return
+        self.server.connections.working(self.connection)
         try:
-            answer = self.server.reader.answer(self.rfile.read(length))
+            answer = self.server.reader.answer(body)
         except UsageError as e:
             return self.send_json(400, {"error": str(e)})
         except Exception as e:  # the server keeps serving; the user gets one line, not a traceback
@@ -139,23 +161,97 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+class Connections:
+    """The open connections of a server, and the deadline of each that waits for a request.
+
+    ThreadingHTTPServer gives every connection a thread that blocks on it for as long as
+    the client likes, so idle clients held threads for ever. Here a thread watches the
+    deadlines and shuts a late connection's socket, which ends the read its thread is
+    blocked in; and a new connection beyond `most` first closes the one that has waited
+    longest (if it has waited `evictable` seconds), or waits until one ends.
+    """
+
+    def __init__(self, seconds, most, evictable=EVICTABLE_SECONDS):
+        self.seconds, self.most, self.evictable = seconds, most, evictable
+        self.since = {}  # socket -> when it began to wait, or None while its request is answered
+        self.changed = threading.Condition()
+        threading.Thread(target=self.close_late_ones, daemon=True).start()
+
+    def opened(self, connection):
+        """Make room for `connection`: returns when fewer than `most` are open."""
+        with self.changed:
+            while len(self.since) >= self.most:
+                waited = [(since, s) for s, since in self.since.items() if since is not None]
+                oldest = min(waited, default=(None, None), key=lambda pair: pair[0])
+                if oldest[0] is not None and time.monotonic() - oldest[0] >= self.evictable:
+                    self.close(oldest[1])
+                self.changed.wait(0.05)
+            self.since[connection] = time.monotonic()
+
+    def waiting(self, connection):
+        with self.changed:
+            if connection in self.since:
+                self.since[connection] = time.monotonic()
+
+    def working(self, connection):
+        with self.changed:
+            if connection in self.since:
+                self.since[connection] = None
+
+    def closed(self, connection):
+        with self.changed:
+            self.since.pop(connection, None)
+            self.changed.notify_all()
+
+    def close_late_ones(self):
+        while True:
+            time.sleep(min(1.0, self.seconds / 4))
+            with self.changed:
+                now = time.monotonic()
+                for connection, since in list(self.since.items()):
+                    if since is not None and now - since > self.seconds:
+                        self.close(connection)
+
+    def close(self, connection):
+        """Shut the socket (its thread's blocked read returns at once) and forget it."""
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client had gone already
+        self.since.pop(connection, None)
+
+
 class PageServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def process_request(self, request, client_address):  # in the accepting thread
+        self.connections.opened(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):  # in the connection's thread, when it ends
+        self.connections.closed(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address):  # one line, not the standard traceback
         error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # the client went away or stalled; nobody is left to tell
         print(f"rnn_mnist.py serve: a request from {client_address[0]} failed "
               f"({type(error).__name__}: {error})", file=sys.stderr)
 
 
-def page_server(reader, host="127.0.0.1", port=8000, verbose=False):
-    """An HTTP server for the page, bound but not yet serving (call serve_forever)."""
+def page_server(reader, host="127.0.0.1", port=8000, verbose=False, request_seconds=REQUEST_SECONDS,
+                most=MAX_CONNECTIONS):
+    """An HTTP server for the page, bound but not yet serving (call serve_forever); a client
+    has `request_seconds` to send each request whole, and `most` connections are open at once."""
     try:
         server = PageServer((host, port), PageHandler)
     except OSError as e:
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); give --port another "
                          "number (0: any free one) or --host an address of this machine") from None
     server.reader, server.verbose = reader, verbose
+    server.connections = Connections(request_seconds, most)
     return server
 
 

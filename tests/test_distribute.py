@@ -69,15 +69,40 @@ def free_ports(count):
     return ports
 
 
-def start_workers(argv, cwd, tmp, ports):
-    """One process per worker, each told its place by TF_CONFIG; temporary files go to `tmp`."""
+@pytest.fixture(scope="module")
+def private_network():
+    """The command prefix that runs a process in a network namespace of its own, with only
+    loopback, shared by the workers of a test: TensorFlow's workers listen on every address
+    of the machine, so here they listen where nothing outside can reach them. Where a
+    namespace cannot be made (not root, or no `unshare`), the prefix is empty and the workers
+    run on this machine's 127.0.0.1, as a user would run them by hand."""
+    try:
+        holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 3600"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError:
+        yield []
+        return
+    time.sleep(0.5)
+    if holder.poll() is not None:  # not allowed here
+        yield []
+        return
+    try:
+        yield ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def start_workers(argv, cwd, tmp, ports, network, indices=None):
+    """One process per worker, each told its place by TF_CONFIG; temporary files go to `tmp`;
+    `indices`: which of the workers to start (default: all)."""
     workers = [f"127.0.0.1:{port}" for port in ports]
     processes = []
-    for index in range(len(workers)):
+    for index in range(len(workers)) if indices is None else indices:
         env = dict(os.environ, TMPDIR=str(tmp), TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        processes.append(subprocess.Popen([sys.executable, os.path.join(REPO, "rnn_mnist.py"), *argv],
-                                          cwd=cwd, env=env, stdout=subprocess.PIPE,
+        processes.append(subprocess.Popen([*network, sys.executable, os.path.join(REPO, "rnn_mnist.py"),
+                                           *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True))
     return processes
 
@@ -97,13 +122,13 @@ def fingerprint(out):
     return lines[0].rsplit(" ", 1)[1]
 
 
-def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist):
+def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist, private_network):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     argv = ["--data", real_mnist, "--max-train-samples", "1200", "--validation-size", "200",
             "--epochs", "2", "--units", "16", "--batch-size", "64", "--logdir", "runs"]
     (chief, chief_out, chief_err), (other, other_out, other_err) = finish(
-        start_workers(argv, tmp_path, tmp, free_ports(2)))
+        start_workers(argv, tmp_path, tmp, free_ports(2), private_network))
     assert (chief, other) == (0, 0), chief_err + other_err
     assert fingerprint(chief_out) == fingerprint(other_out)  # the same weights on both
     assert "(chief)" in chief_out and "test accuracy" in chief_out and "test accuracy" not in other_out
@@ -118,7 +143,7 @@ def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist):
     assert os.listdir(tmp) == []  # no worker's temporary checkpoints left behind
 
 
-def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
+def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path, private_network):
     data = tmp_path / "digits.npz"
     np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
     tmp = tmp_path / "tmp"
@@ -127,7 +152,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
     argv = ["--data", str(data), "--batch-size", "8", "--epochs", "6", "--units", "8",
             "--validation-size", "40", "--checkpoint-every", "20", "--logdir", "runs",
             "--run-name", "shared", "--quiet"]
-    chief, other = start_workers(argv, tmp_path, tmp, ports)
+    chief, other = start_workers(argv, tmp_path, tmp, ports, private_network)
     try:
         deadline = time.monotonic() + 240
         while not os.path.exists(tmp_path / "runs" / "shared" / "checkpoints" / "checkpoint"):
@@ -147,9 +172,12 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
         err.count("\n") == 1, err
     assert "start every worker again with --resume" in err
 
-    resumed = finish(start_workers(["--resume", "--logdir", "runs"], tmp_path, tmp, ports))
+    resumed = finish(start_workers(["--resume", "--logdir", "runs"], tmp_path, tmp, ports, private_network))
     assert [status for status, _, _ in resumed] == [0, 0], resumed
-    assert resumed[0][1].startswith("resuming run shared at ")
+    waiting, exposed, resuming = resumed[0][1].splitlines()[:3]
+    assert waiting == f"worker 0 of 2: waiting for worker 1 at 127.0.0.1:{ports[1]} to join (at most 300 s: --worker-wait)"
+    assert exposed.startswith(f"worker 0 of 2: TensorFlow listens on port {ports[0]} of every address")
+    assert resuming.startswith("resuming run shared at ")
     assert fingerprint(resumed[0][1]) == fingerprint(resumed[1][1])
     assert json.loads((tmp_path / "runs" / "shared" / "metrics.json").read_text())["epochs"] == 6
     assert not [name for name in os.listdir(tmp) if name.startswith("rnn_mnist-")]
@@ -158,7 +186,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path):
 WORKER_STOP_SECONDS = 60  # a lost worker is noticed at the next all-reduce: well within this
 
 
-def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path, private_network):
     data = tmp_path / "digits.npz"
     np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
     tmp = tmp_path / "tmp"
@@ -166,7 +194,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     argv = ["--data", str(data), "--batch-size", "8", "--epochs", "6", "--units", "8",
             "--validation-size", "40", "--checkpoint-every", "1000", "--logdir", "runs",
             "--run-name", "stopped", "--quiet"]
-    chief, other = start_workers(argv, tmp_path, tmp, free_ports(2))
+    chief, other = start_workers(argv, tmp_path, tmp, free_ports(2), private_network)
     try:
         deadline = time.monotonic() + 240
         while not os.path.exists(tmp_path / "runs" / "stopped" / "checkpoints" / "checkpoint"):
@@ -184,6 +212,51 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     index = (tmp_path / "runs" / "stopped" / "checkpoints" / "checkpoint").read_text()
     assert "ckpt-250" not in index.splitlines()[0]  # a checkpoint newer than the epoch's end
     assert not [name for name in os.listdir(tmp) if name.startswith("rnn_mnist-")]
+
+
+def lone_worker(tmp_path, network, *flags):
+    """Worker 0 of two, started alone (worker 1 forgotten); (process, its ports, first line)."""
+    data = tmp_path / "digits.npz"
+    np.savez(data, **synthetic_mnist())
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    ports = free_ports(2)
+    argv = ["--data", str(data), "--epochs", "1", "--units", "8", "--batch-size", "32",
+            "--validation-size", "40", "--logdir", "runs", *flags]
+    process, = start_workers(argv, tmp_path, tmp, ports, network, indices=[0])
+    return process, ports, process.stdout.readline()
+
+
+def test_a_lone_worker_says_whom_it_waits_for_and_ctrl_c_ends_it(tmp_path, private_network):
+    signum = signal.SIGINT
+    process, ports, said = lone_worker(tmp_path, private_network)
+    try:
+        assert said == f"worker 0 of 2: waiting for worker 1 at 127.0.0.1:{ports[1]} to join " \
+                       "(at most 300 s: --worker-wait)\n"
+        time.sleep(8)  # TensorFlow started, and blocked waiting for worker 1
+        assert process.poll() is None
+        process.send_signal(signum)
+        status = process.wait(timeout=WORKER_STOP_SECONDS)
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert status == -signum  # ended by the signal itself: a shell says 128 + signum
+    assert err == "rnn_mnist.py: worker 0 of 2 stopped (Ctrl-C, SIGTERM or a crash) while it waited " \
+                  "for the others to join; nothing was trained or saved\n"
+
+
+def test_a_lone_worker_gives_up_after_worker_wait(tmp_path, private_network):
+    process, ports, said = lone_worker(tmp_path, private_network, "--worker-wait", "5")
+    try:
+        assert "(at most 5 s: --worker-wait)" in said
+        status = process.wait(timeout=WORKER_STOP_SECONDS)
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert status == -signal.SIGKILL  # ended by its watcher: TensorFlow holds the main thread
+    assert err == "rnn_mnist.py: error: worker 0 of 2 waited 5 s for the others and gives up: start " \
+                  "every worker, each with its TF_CONFIG, within --worker-wait of one another\n"
+    assert not (tmp_path / "runs").exists() or os.listdir(tmp_path / "runs") == []
 
 
 BAD_TF_CONFIG = [
