@@ -10,6 +10,7 @@ the threads) that are open at once.
 import http.server
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -37,7 +38,7 @@ DRAIN_LIMIT = 64 << 20  # a larger body is not even read to its end: the connect
 BACKLOG = 1024  # connections the kernel holds until they are accepted (the standard library's: 5)
 REQUEST_SECONDS = 30  # for a request to arrive whole, or for the next one on a kept-alive connection
 MAX_CONNECTIONS = 64  # open at once, a thread each; past it, the longest-waiting one is closed
-EVICTABLE_SECONDS = 1.0  # a connection waiting this long for its request may be closed for a new one
+EVICTABLE_SECONDS = 0.2  # an idle connection waiting this long may be closed for a new one
 
 
 class Reader:
@@ -167,8 +168,8 @@ class Connections:
     ThreadingHTTPServer gives every connection a thread that blocks on it for as long as
     the client likes, so idle clients held threads for ever. Here a thread watches the
     deadlines and shuts a late connection's socket, which ends the read its thread is
-    blocked in; and a new connection beyond `most` first closes the one that has waited
-    longest (if it has waited `evictable` seconds), or waits until one ends.
+    blocked in; and a new connection beyond `most` first closes the idle one that has
+    waited longest, or waits until one ends.
     """
 
     def __init__(self, seconds, most, evictable=EVICTABLE_SECONDS):
@@ -181,12 +182,26 @@ class Connections:
         """Make room for `connection`: returns when fewer than `most` are open."""
         with self.changed:
             while len(self.since) >= self.most:
-                waited = [(since, s) for s, since in self.since.items() if since is not None]
-                oldest = min(waited, default=(None, None), key=lambda pair: pair[0])
-                if oldest[0] is not None and time.monotonic() - oldest[0] >= self.evictable:
-                    self.close(oldest[1])
-                self.changed.wait(0.05)
+                idle = self.idle_ones()
+                if idle:
+                    self.close(idle[0])
+                else:
+                    self.changed.wait(0.05)
             self.since[connection] = time.monotonic()
+
+    def idle_ones(self):
+        """The connections whose thread waits on the client (nothing sent is left unread)
+        and has for `evictable` seconds, longest first. A client whose request has come but
+        not yet been read is never among them."""
+        now = time.monotonic()
+        waited = [(since, s) for s, since in self.since.items()
+                  if since is not None and now - since >= self.evictable]
+        waiting = [s for _, s in sorted(waited, key=lambda pair: pair[0])]
+        poll = select.poll()  # not select(): a descriptor may be numbered past its 1024
+        for s in waiting:
+            poll.register(s, select.POLLIN)
+        unread = {fd for fd, _ in poll.poll(0)}
+        return [s for s in waiting if s.fileno() not in unread]
 
     def waiting(self, connection):
         with self.changed:
