@@ -209,7 +209,7 @@ class Training:
         goes; the finished epochs' records."""
         state, settings = self.state, self.settings
         bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
-                   unit="epoch", dynamic_ncols=True, disable=self.quiet)
+                   unit="epoch", dynamic_ncols=True, disable=True if self.quiet else None)
         try:
             with runs.StopRequest() as stop:
                 for epoch in range(int(state.epoch.numpy()), settings.epochs):
@@ -235,7 +235,8 @@ class Training:
         step = first_step = int(state.step_in_epoch.numpy())
         sums = state.epoch_sums.numpy()  # loss, correct, images so far in this epoch
         bar = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}",
-                   unit="batch", leave=False, dynamic_ncols=True, disable=self.quiet)
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=True if self.quiet else None)  # None: no bars where stderr is no terminal
         started = mark = time.perf_counter()
         seen_here = 0
         calls = prefetched(chunked(epoch_batches(self.x, self.y, settings.batch_size, settings.seed,

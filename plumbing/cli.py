@@ -26,11 +26,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+FLAG_ALIASES = {"--lr": "--learning-rate", "--bs": "--batch-size"}  # other tools' names
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line (problem and fix), not usage plus error."""
+    """argparse, but a mistake is one line (problem and fix), not usage plus error; and a
+    flag must be written whole (argparse would take `--epoch` for `--epochs` unasked, and
+    `--lr` for `--lr-schedule`), with the nearest flag suggested for one it does not know."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message):
+        unknown = [word for word in message.partition("unrecognized arguments: ")[2].split()
+                   if word.startswith("--")]
+        if unknown:
+            flag = unknown[0].split("=")[0]
+            near = self.nearest_flag(flag)
+            message = f"{flag} is not a flag of this command" + (f"; did you mean {near}?" if near else "")
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def nearest_flag(self, flag):
+        flags = [f for f in self._option_string_actions if f.startswith("--")]
+        for guess in (FLAG_ALIASES.get(flag), flag.replace("_", "-")):
+            if guess in flags:
+                return guess
+        close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+        return close[0] if close else None
 
 
 def whole_number(minimum):
@@ -194,7 +216,8 @@ def add_logdir_and_verbose(group):
 
 def add_model_arguments(parser):
     parser.add_argument("--model", metavar="PATH",
-                        help="a trained model.keras; default: the newest one in --logdir")
+                        help="a trained model.keras, or the run folder that holds it; default: "
+                             "the newest one in --logdir")
     add_logdir_and_verbose(parser)
 
 

@@ -26,8 +26,13 @@ def load_trained_model(path, logdir=DEFAULT_LOGDIR):
         if run is None:
             raise UsageError(f"no trained model in {logdir}; train one first, or give --model PATH")
         path = os.path.join(logdir, run, MODEL_FILE)
+    if os.path.isdir(path):  # a run folder: its model
+        if not os.path.isfile(os.path.join(path, MODEL_FILE)):
+            raise UsageError(f"--model {path} is a folder that holds no {MODEL_FILE}; give a run "
+                             f"folder that does, or the {MODEL_FILE} of a run")
+        path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
-        raise UsageError(f"--model {path} does not exist; give the model.keras of a run")
+        raise UsageError(f"--model {path} does not exist; give the model.keras of a run, or its folder")
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as e:  # Keras raises many kinds for a file that is not a model

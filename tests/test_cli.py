@@ -216,3 +216,25 @@ def test_the_summary_of_a_one_epoch_run_says_epoch(capsys):
                              "train_seconds": 6.6, "samples_per_second": 8390.0, "best_epoch": 1},
                             "Visualize/r", "Visualize")
     assert "trained 1 epoch in 6.6 s (8,390 samples/s); best epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,flag,nearest", [
+    (["--lr", "0.001"], "--lr", "--learning-rate"),
+    (["--learning_rate", "0.001"], "--learning_rate", "--learning-rate"),
+    (["--epoch", "3"], "--epoch", "--epochs"), (["evaluate", "--jsn"], "--jsn", "--json"),
+    (["serve", "--prot", "8001"], "--prot", "--port")],
+    ids=["lr", "underscore", "cut-short", "evaluate", "serve"])
+def test_a_flag_is_taken_only_whole_and_the_nearest_is_named(tmp_path, capsys, argv, flag, nearest):
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main([*argv, "--logdir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} is not a flag of this command; did you mean {nearest}?" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_output_into_a_pipe_has_no_bars_but_a_line_per_epoch(tmp_path, tiny_npz):
+    done = run_script("--data", tiny_npz, *TINY[:-1], "--run-name", "piped", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr + done.stdout and "\x1b[" not in done.stderr + done.stdout
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]

@@ -202,3 +202,17 @@ def test_output_read_only_in_part_ends_quietly(trained):
     err = evaluate.stderr.read().decode()
     assert evaluate.wait(timeout=120) == 1
     assert first.startswith(b"using model: ") and err == ""
+
+
+def test_model_may_be_a_run_folder(trained, tmp_path, capsys):
+    write_picture(tmp_path / "a.png", drawn_digit())
+    by_folder, = rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--json",
+                                 "--model", os.path.dirname(trained["model"])])
+    by_file, = rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--json", "--model", trained["model"]])
+    assert by_folder == by_file
+    with pytest.raises(SystemExit) as exit_:
+        rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == f"rnn_mnist.py: error: --model {tmp_path} is a folder that holds no model.keras; " \
+                  "give a run folder that does, or the model.keras of a run"
