@@ -370,6 +370,10 @@ def run(args, given):
     if settings.max_train_samples:
         x_train, y_train = x_train[:settings.max_train_samples], y_train[:settings.max_train_samples]
     cli.check_sizes(len(x_train), settings)
+    if settings.max_train_samples and not settings.quiet:
+        print(f"training on {len(x_train) - settings.validation_size:,} images: the first "
+              f"{len(x_train):,} (--max-train-samples), less the last {settings.validation_size:,} "
+              "held out for validation (--validation-size)")
 
     with distribute.cluster_forming(worker, tf_config, settings.worker_wait):
         quiet_tensorflow(settings.verbose)
@@ -385,6 +389,9 @@ def run(args, given):
     state = runs.training_state(model)
     if args.resume is not None:
         runs.resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
+    if not worker.chief:
+        print(f"worker {worker.index} of {worker.count}: training; worker 0, the chief, shows the "
+              "progress", flush=True)
     summaries = SummaryBuffer(run_dir) if worker.chief else None  # the chief writes the run folder
     if worker.chief:
         config = runs.run_config(settings, run_dir, model, where, strategy, worker, images={

@@ -238,3 +238,12 @@ def test_output_into_a_pipe_has_no_bars_but_a_line_per_epoch(tmp_path, tiny_npz)
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr + done.stdout and "\x1b[" not in done.stderr + done.stdout
     assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+
+def test_max_train_samples_says_how_many_images_are_trained_on(tmp_path, tiny_npz, capsys):
+    rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "few",
+                    "--max-train-samples", "150", *TINY[:-1]])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == ("training on 110 images: the first 150 (--max-train-samples), less "
+                                   "the last 40 held out for validation (--validation-size)")
+    assert json.loads((tmp_path / "few" / "config.json").read_text())["train_images"] == 110

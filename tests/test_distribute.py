@@ -132,6 +132,7 @@ def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist, pri
     assert (chief, other) == (0, 0), chief_err + other_err
     assert fingerprint(chief_out) == fingerprint(other_out)  # the same weights on both
     assert "(chief)" in chief_out and "test accuracy" in chief_out and "test accuracy" not in other_out
+    assert "worker 1 of 2: training; worker 0, the chief, shows the progress\n" in other_out
     runs = os.listdir(tmp_path / "runs")
     assert len(runs) == 1  # one run folder, named by the chief
     run = tmp_path / "runs" / runs[0]
