@@ -318,3 +318,16 @@ def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
     # Keras's conditions for the cuDNN kernel
     assert (lstm["unroll"], lstm["activation"], lstm["recurrent_activation"]) == (False, "tanh", "sigmoid")
     assert lstm["recurrent_dropout"] == 0 and lstm["use_bias"]
+
+
+def test_a_broken_off_run_is_resumed_only_where_a_checkpoint_was_saved(tmp_path, tiny_npz):
+    """What a worker that lost the others tells the user: --resume, or (no checkpoint yet) to
+    start again, since a resume would find nothing to resume from."""
+    from plumbing import runs
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert runs.how_to_go_on(str(fresh)) == f"no checkpoint was saved yet: remove {fresh} and start every worker again"
+    rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--batch-size", "32", "--units", "8",
+                    "--validation-size", "40", "--logdir", str(tmp_path), "--run-name", "saved", "--quiet"])
+    assert runs.how_to_go_on(str(tmp_path / "saved")) == (
+        f"start every worker again with --resume to go on from the last checkpoint in {tmp_path / 'saved'}")
