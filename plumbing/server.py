@@ -123,6 +123,10 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.server.connections.working(self.connection)
+        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            return self.send_json(400, {"error": "the body is a form upload (multipart/form-data); send "
+                                                 "the picture's own bytes as the body, as curl "
+                                                 "--data-binary @digit.png does"})
         try:
             answer = self.server.reader.answer(body)
         except UsageError as e:

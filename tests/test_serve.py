@@ -106,6 +106,16 @@ def test_bad_bodies_get_json_errors_and_the_server_goes_on(page, body, status, m
     assert read(page, png_bytes(drawn_digit()))[0] == 200  # still serving
 
 
+def test_a_form_upload_is_told_to_send_the_bytes_themselves(page):
+    boundary = "xyz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png_bytes(drawn_digit()) + f"\r\n--{boundary}--\r\n".encode()
+    got, _, answer = request(page, "POST", "/api/read", body,
+                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert got == 400 and "--data-binary" in json.loads(answer)["error"]
+    assert read(page, png_bytes(drawn_digit()))[0] == 200  # still serving
+
+
 def test_requests_the_api_does_not_take_get_json_errors(page):
     for method, path, status in [("GET", "/api/read", 405), ("GET", "/nothing", 404),
                                  ("POST", "/api/other", 404), ("GET", "/../rnn_mnist.py", 404)]:
