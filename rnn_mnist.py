@@ -28,6 +28,7 @@ import json
 import os
 import time
 
+import plumbing  # first: it names in one line a needed package that is not installed
 import numpy as np
 from tqdm.auto import tqdm
 

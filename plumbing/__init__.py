@@ -1,6 +1,8 @@
 """The plumbing of rnn_mnist.py: what makes the recipe robust and fast, one module per
 concern. The script imports these; none of them imports the script.
 
+    installed        the packages rnn_mnist needs, named in one line when missing
+
     lazy_tensorflow  TensorFlow imported on first use and quietly; its log held back
     errors           what ends a command early: a user's mistake, a stop, a diverged loss
     mnist_files      the facts of MNIST, its files and the download; images to sequences
@@ -18,3 +20,7 @@ concern. The script imports these; none of them imports the script.
     server           the page's server, and serve
     cli              the command line: parsers, flag values, one-line errors
 """
+
+from .installed import require_installed
+
+require_installed()  # before a module of the package, or the script, imports a missing one

@@ -247,3 +247,15 @@ def test_max_train_samples_says_how_many_images_are_trained_on(tmp_path, tiny_np
     assert out.splitlines()[0] == ("training on 110 images: the first 150 (--max-train-samples), less "
                                    "the last 40 held out for validation (--validation-size)")
     assert json.loads((tmp_path / "few" / "config.json").read_text())["train_images"] == 110
+
+
+def test_a_python_without_the_packages_is_told_how_to_install_them():
+    # -S leaves out site-packages: a Python where requirements.txt was never installed
+    for argv in ([], ["predict", "x.png"]):
+        done = subprocess.run([sys.executable, "-S", "rnn_mnist.py", *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stdout == ""
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        assert "numpy" in lines[0] and "tqdm" in lines[0] and "tensorflow" in lines[0]
+        assert "not installed" in lines[0] and lines[0].endswith("pip install -r requirements.txt")

@@ -1,0 +1,24 @@
+"""The packages rnn_mnist needs, looked for before any of them is imported, so that a
+Python without them (the virtual environment not activated, say) is told in one line
+which are missing and how to install them, not shown a traceback."""
+
+import importlib.util
+import os
+import sys
+
+NEEDED = ("numpy", "tqdm", "tensorflow", "keras", "tensorboard", "matplotlib")  # requirements.txt
+
+
+def missing(names=NEEDED):
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def require_installed():
+    """Exit with one line (status 2) when a needed package is not installed in this Python."""
+    absent = missing()
+    if absent:
+        here = os.path.relpath(os.path.join(os.path.dirname(__file__), "..", "requirements.txt"))
+        print(f"rnn_mnist.py: error: {', '.join(absent)} not installed in this Python "
+                 f"({sys.executable}); activate the virtual environment that has them, or "
+                 f"install them with: pip install -r {here}", file=sys.stderr)
+        raise SystemExit(2)
