@@ -238,6 +238,7 @@ class Training:
         bar = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}",
                    unit="batch", leave=False, dynamic_ncols=True,
                    disable=True if self.quiet else None)  # None: no bars where stderr is no terminal
+        timed = state.epoch_timed.numpy()  # images, seconds of this epoch before a resume
         started = mark = time.perf_counter()
         seen_here = 0
         calls = prefetched(chunked(epoch_batches(self.x, self.y, settings.batch_size, settings.seed,
@@ -265,15 +266,18 @@ class Training:
                 stops = stops or (self.alone and stop.signal is not None)
                 if stops or self.global_step % settings.checkpoint_every == 0:
                     mark = self.add_training_time(mark)
-                    self.checkpoints.save(self.global_step, step, sums)
+                    self.checkpoints.save(self.global_step, step, sums,
+                                          timed + [seen_here, mark - started])
                 if stops:
                     raise Interrupted(stop.signal)  # None: the request came to another worker
         finally:
             bar.close()
         mark = self.add_training_time(mark)
+        images, seconds = timed + [seen_here, mark - started]
         return {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
                 "learning_rate": learning_rate_now(self.model),
-                "samples_per_second": seen_here / (mark - started)}
+                "samples_per_second": images / seconds if images else None}  # None: not timed
+                # (all its steps ran before a resume, from a checkpoint that kept no time)
 
     def end_epoch(self, epoch, record):
         """Validate, keep the best model, log the epoch and checkpoint; the accuracy that
@@ -292,7 +296,7 @@ class Training:
             self.log_epoch(epoch, record, probabilities)
         state.history.assign(json.dumps(runs.history_of(state) + [record]))
         state.epoch.assign(epoch)
-        self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0])
+        self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0], [0.0, 0.0])
         self.heard_from_all()
         return monitored
 
@@ -315,7 +319,8 @@ class Training:
         histograms of weights and gradients, and every `--figures-every` epochs the pictures."""
         summaries, settings = self.summaries, self.settings
         for key in ("loss", "accuracy", "learning_rate", "samples_per_second"):
-            summaries.add("train", f"epoch_{key}", record[key], epoch)
+            if record[key] is not None:
+                summaries.add("train", f"epoch_{key}", record[key], epoch)
         for key in ("loss", "accuracy"):
             if f"val_{key}" in record:
                 summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch)
@@ -333,8 +338,8 @@ def epoch_line(epoch, epochs, record):
             f"  loss {record['loss']:.4f}  acc {record['accuracy']:7.2%}")
     if "val_accuracy" in record:
         line += f"  | val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:7.2%}"
-    return line + (f"  | lr {record['learning_rate']:.2e}"
-                   f"  {record['samples_per_second']:,.0f} samples/s")
+    line += f"  | lr {record['learning_rate']:.2e}"
+    return line + (f"  {record['samples_per_second']:,.0f} samples/s" if record["samples_per_second"] else "")
 
 
 # ----------------------------------------------------------------------------
@@ -418,10 +423,11 @@ def run(args, given):
 
 def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
     """Test the best epoch's model once, write metrics.json and the test summaries; the metrics."""
-    best = keras.models.load_model(os.path.join(run_dir, runs.MODEL_FILE))
+    best = using.load_trained_model(os.path.join(run_dir, runs.MODEL_FILE))[0]
     probabilities = predict(best, x_test)
     test = scores(probabilities, y_test)
     log_test_results(run_dir, test, confusion_matrix(probabilities, y_test), len(history))
+    timed = [r["samples_per_second"] for r in history if r["samples_per_second"] is not None]
     metrics = {
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -430,7 +436,7 @@ def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
         "best_epoch": int(state.best_epoch.numpy()),
         "best_val_accuracy": float(state.best_val_accuracy.numpy()) if n_val else None,
         "train_seconds": float(state.train_seconds.numpy()),
-        "samples_per_second": float(np.mean([r["samples_per_second"] for r in history])),
+        "samples_per_second": float(np.mean(timed)) if timed else None,
         "history": history,
     }
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -443,8 +449,8 @@ def print_summary(metrics, run_dir, logdir):
     print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
           f"{metrics['test_images']:,} images)")
     epochs = f"{metrics['epochs']} epoch" + ("s" if metrics["epochs"] != 1 else "")
-    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s "
-          f"({metrics['samples_per_second']:,.0f} samples/s); best epoch {metrics['best_epoch']}")
+    speed = f" ({metrics['samples_per_second']:,.0f} samples/s)" if metrics["samples_per_second"] else ""
+    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s{speed}; best epoch {metrics['best_epoch']}")
     print(f"run saved in {run_dir}  ({runs.MODEL_FILE}, config.json, metrics.json, TensorBoard logs)")
     print(f"view it with: tensorboard --logdir {logdir}")
 

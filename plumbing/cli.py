@@ -9,7 +9,7 @@ import signal
 import sys
 
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
-from .errors import EXIT_USAGE, UsageError
+from .errors import EXIT_FAULT, EXIT_USAGE, Fault, UsageError
 from .lazy_tensorflow import INTRA_OP_THREADS
 from .mnist_files import MNIST_URL, TIMESTEPS
 from .runs import DEFAULT_LOGDIR
@@ -182,8 +182,9 @@ def add_run_arguments(output):
                         help="this run's folder in --logdir; without it, the start time "
                              "(YYYYmmdd-HHMMSS)")
     output.add_argument("--resume", nargs="?", const=LATEST_RUN, type=run_to_resume, metavar="RUN",
-                        help="continue the run RUN in --logdir (without RUN: the run with the "
-                             "newest checkpoint) from its last checkpoint; only --epochs, the "
+                        help="continue the run RUN in --logdir (without RUN: the run started "
+                             "or resumed last) from its newest checkpoint that reads (its start "
+                             "if it has none, its test if only that is left); only --epochs, the "
                              "output flags and where it runs (the thread flags, --distribute, "
                              "--cpu-replicas, --steps-per-execution, --worker-wait) may change")
     output.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="STEPS",
@@ -334,6 +335,9 @@ def answered_in_one_line():
     except UsageError as e:
         print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except Fault as e:
+        print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FAULT) from None
     except KeyboardInterrupt:
         print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None

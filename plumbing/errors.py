@@ -1,11 +1,17 @@
-"""What ends a command early: a user's mistake (one line, exit status 2), a request to
-stop, a loss that is no longer a number."""
+"""What ends a command early: a user's mistake (one line, exit status 2), a fault of the
+machine or of its files (one line, exit status 1), a request to stop, a loss that is no
+longer a number."""
 
 EXIT_USAGE = 2
+EXIT_FAULT = 1
 
 
 class UsageError(Exception):
     """A mistake in what the user gave us: reported in one line, exit status 2."""
+
+
+class Fault(Exception):
+    """A full disk, a damaged file, a folder that cannot be written: one line, exit status 1."""
 
 
 class Interrupted(Exception):

@@ -19,7 +19,7 @@ import tempfile
 from .atomic import replaced_atomically
 from .batches import batches_in
 from .distribute import agree_with_chief
-from .errors import Diverged, Interrupted, UsageError
+from .errors import Diverged, Fault, Interrupted, UsageError
 from .lazy_tensorflow import keras, tf
 
 DEFAULT_LOGDIR = "Visualize"
@@ -48,8 +48,8 @@ def newest_run_with(logdir, filename):
 
 
 def latest_run(logdir):
-    """The run in `logdir` whose checkpoint was written last, or None."""
-    return newest_run_with(logdir, os.path.join("checkpoints", "checkpoint"))
+    """The run in `logdir` started or resumed last (its config.json is written then), or None."""
+    return newest_run_with(logdir, "config.json")
 
 
 def refuse_used_run_dir(run_dir):
@@ -124,7 +124,12 @@ def training_state(model):
     state.best_epoch = tf.Variable(0, dtype=tf.int64)
     state.train_seconds = tf.Variable(0.0, dtype=tf.float64)
     state.history = tf.Variable("[]")  # JSON list of the finished epochs' records
+    state.epoch_timed = tf.Variable(tf.zeros(2, tf.float64))  # images, seconds of the current
+    # epoch's training so far, across stops: its samples/s wherever it was resumed
     return state
+
+
+LATER_STATE = ("epoch_timed",)  # parts of the state that older checkpoints do not hold
 
 
 def checkpoint_manager(state, folder):
@@ -154,9 +159,10 @@ class Checkpoints:
             self.close()
         self.manager = checkpoint_manager(state, self.folder)
 
-    def save(self, global_step, step_in_epoch, sums):
+    def save(self, global_step, step_in_epoch, sums, timed):
         self.state.step_in_epoch.assign(step_in_epoch)
         self.state.epoch_sums.assign(sums)
+        self.state.epoch_timed.assign(timed)
         self.manager.save(checkpoint_number=global_step)
         if self.summaries is not None:
             self.summaries.flush()
@@ -179,16 +185,12 @@ def resumed_settings(args, given):
     """The settings of the run to resume, with what may change taken from this command."""
     name = args.resume or latest_run(args.logdir)
     if name is None:
-        raise UsageError(f"no run with a checkpoint in {args.logdir}; start one without --resume, "
+        raise UsageError(f"no run to resume in {args.logdir}; start one without --resume, "
                          "or point --logdir at the folder that holds it")
     run_dir = os.path.join(args.logdir, name)
-    if not os.path.isfile(os.path.join(run_dir, "checkpoints", "checkpoint")):
-        raise UsageError(f"{run_dir} holds no checkpoint to resume from; start a new run instead")
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {run_dir}/config.json ({e}); the run cannot be resumed") from None
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise UsageError(f"{run_dir} holds no run to resume (no config.json); start a new run instead")
+    config = recorded_config(os.path.join(run_dir, "config.json"), args)
     if "run_name" in given:
         raise UsageError("give the run to resume as --resume NAME, not with --run-name")
     for key in sorted(set(given) - RESUMABLE_SETTINGS - SESSION_SETTINGS):
@@ -206,36 +208,147 @@ def resumed_settings(args, given):
     return settings, run_dir
 
 
-def restore(state, run_dir):
-    """Load the latest checkpoint into `state`; refuse one that does not fit the model."""
-    manager = checkpoint_manager(state, os.path.join(run_dir, "checkpoints"))
-    state.optimizer.build(state.model.trainable_variables)  # so its slots exist to restore into
+KINDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+RECORDED_ALWAYS = ("cell", "units", "layers", "epochs", "batch_size", "learning_rate", "seed")
+
+
+def recorded_config(path, args):
+    """A run's config.json, checked: an object that holds the run's model and recipe, every
+    setting of the type its flag takes (an int for --epochs); else one line, exit status 1."""
     try:
-        tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise Fault(f"cannot read {path} ({e}); the run cannot be resumed: start a new run") from None
+    if not isinstance(config, dict):
+        raise Fault(f"{path} is damaged (it holds {json.dumps(config)[:40]}, not the run's settings); "
+                    "the run cannot be resumed: start a new run")
+    for key in RECORDED_ALWAYS:
+        if key not in config:
+            raise Fault(f"{path} is damaged (it lacks {key}); the run cannot be resumed: start a new run")
+    for key, default in vars(args).items():
+        value = config.get(key)
+        kind = (int, float) if type(default) is float else type(default)
+        if default is not None and value is not None and (
+                not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool)):
+            raise Fault(f"{path} is damaged ({key} is {json.dumps(value)[:40]}, not "
+                        f"{KINDS[type(default)]}); the run cannot be resumed: start a new run")
+    return config
+
+
+CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
+
+
+def checkpoints_in(folder):
+    """The checkpoints in `folder`, newest first, found by their files, so that a damaged
+    `checkpoint` list cannot hide them."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    numbers = {int(m.group(1)) for m in map(CHECKPOINT_FILE.fullmatch, names) if m}
+    return [os.path.join(folder, f"ckpt-{n}") for n in sorted(numbers, reverse=True)]
+
+
+def damage_of(prefix):
+    """Why the checkpoint `prefix` cannot be read back, or None when every value in it reads
+    (TensorFlow checks each against its checksum as it reads it)."""
+    if not os.path.isfile(prefix + ".index"):
+        return "its .index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+        return str(e).strip().splitlines()[0][:REASON_CHARS] or type(e).__name__
+    return None
+
+
+def set_aside(prefix):
+    """Move a damaged checkpoint's files into checkpoints/damaged/: kept, and out of the way."""
+    folder, name = os.path.split(prefix)
+    aside = os.path.join(folder, "damaged")
+    os.makedirs(aside, exist_ok=True)
+    for file in os.listdir(folder):
+        if file.startswith(name + "."):
+            os.replace(os.path.join(folder, file), os.path.join(aside, file))
+
+
+def newest_readable(folder):
+    """The newest checkpoint in `folder` that reads back whole, or None; the damaged ones
+    newer than it are set aside, each said in one line, and the `checkpoint` list is made
+    to name what is left."""
+    chosen = None
+    for prefix in checkpoints_in(folder):
+        reason = damage_of(prefix)
+        if reason is None:
+            chosen = prefix
+            break
+        set_aside(prefix)
+        print(f"rnn_mnist.py: warning: the checkpoint {os.path.basename(prefix)} in {folder} is "
+              f"damaged ({reason}); it is moved into {folder}/damaged",
+              file=sys.stderr)
+    try:
+        listed = tf.train.get_checkpoint_state(folder)
+    except ValueError:  # an empty `checkpoint` file
+        listed = None
+    if chosen and (listed is None or os.path.basename(listed.model_checkpoint_path) != os.path.basename(chosen)):
+        tf.compat.v1.train.update_checkpoint_state(  # the list CheckpointManager keeps
+            folder, chosen, all_model_checkpoint_paths=checkpoints_in(folder)[::-1])
+    return chosen
+
+
+def restore(state, run_dir):
+    """Load the newest checkpoint that reads into `state`; refuse one that reads but does not
+    fit the model. The checkpoint, or None when the run has none yet (it starts afresh)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    prefix = newest_readable(folder)
+    if prefix is None:
+        return None
+    state.optimizer.build(state.model.trainable_variables)  # so its slots exist to restore into
+    held = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    into = state
+    if any(f"state/{name}/.ATTRIBUTES/VARIABLE_VALUE" not in held for name in LATER_STATE):
+        into = tf.Module()  # a checkpoint of an earlier version: what it holds; the rest as made
+        for name, part in vars(state).items():
+            if not name.startswith("_") and name not in LATER_STATE:
+                setattr(into, name, part)
+    try:
+        tf.train.Checkpoint(state=into).restore(prefix).assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         reason = str(e).strip().splitlines()[0][:REASON_CHARS]
-        raise UsageError(f"the checkpoint in {run_dir} does not fit the model its config.json "
-                         f"describes ({reason}); start a new run instead") from None
+        raise UsageError(f"the checkpoint {os.path.basename(prefix)} in {run_dir} reads, but does not "
+                         f"fit the model its config.json describes ({reason}); start a new run "
+                         "instead") from None
+    return prefix
 
 
 def resume(state, settings, run_dir, n_train, quiet):
-    """Restore the run's last checkpoint into `state`, and say where it goes on."""
-    restore(state, run_dir)
-    if int(state.epoch.numpy()) >= settings.epochs:
+    """Restore the run's newest good checkpoint into `state`, and say where it goes on: the
+    next step, its test when only that is left, or the start when no checkpoint was made."""
+    prefix = restore(state, run_dir)
+    finished = int(state.epoch.numpy()) >= settings.epochs
+    if finished and os.path.isfile(os.path.join(run_dir, "metrics.json")):
         raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
                          "epochs; give --epochs a larger number to train it further")
     if not quiet:
-        print(resume_line(state, settings, run_dir, n_train))
+        print(resume_line(state, settings, run_dir, n_train, prefix))
 
 
-def resume_line(state, settings, run_dir, n_train):
+def resume_line(state, settings, run_dir, n_train, prefix):
     """Where a resumed run continues: its run, epoch and step, and the checkpoint."""
+    if prefix is None:
+        return (f"resuming run {settings.run_name} from the start: it holds no checkpoint that "
+                f"reads (it stopped before its first), in {run_dir}")
     steps = batches_in(n_train, settings.batch_size)
-    epoch, step = int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy())
-    where = f"step {step + 1}/{steps} of epoch {epoch}/{settings.epochs}" if step else \
-        f"the start of epoch {epoch}/{settings.epochs}"
-    checkpoint = os.path.basename(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
-    return f"resuming run {settings.run_name} at {where} (checkpoint {checkpoint} in {run_dir})"
+    epoch, step, epochs = int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()), settings.epochs
+    if epoch > epochs:
+        where = f"its test: its {epochs} epochs were trained"
+    elif step >= steps:
+        where = f"the end of epoch {epoch}/{epochs} (its {steps} steps done; its validation next)"
+    elif step:
+        where = f"step {step + 1}/{steps} of epoch {epoch}/{epochs}"
+    else:
+        where = f"the start of epoch {epoch}/{epochs}"
+    return (f"resuming run {settings.run_name} at {where} (checkpoint {os.path.basename(prefix)} "
+            f"in {run_dir})")
 
 
 def how_to_go_on(run_dir):

@@ -6,10 +6,11 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import Fault, UsageError
 from .graphs import predict
 from .lazy_tensorflow import configure_tensorflow, keras, quiet_tensorflow, tf
 from .metrics import confusion_matrix, per_class, scores
@@ -17,6 +18,19 @@ from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequenc
 from .pictures import read_picture, to_mnist_form, write_png
 from .reading import rebuilt
 from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, newest_run_with
+
+
+def damaged_archive(path):
+    """Why a file named .keras is not a whole zip archive, as every .keras file is, or None.
+    Keras answers such a file with `File not found`, about a file that exists."""
+    if not path.endswith(".keras"):
+        return None  # not meant to be a .keras file: Keras says what it is not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()  # the first member whose CRC does not match, or None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"{os.path.getsize(path):,} bytes that are not a whole .keras archive: {e}"
+    return f"its {broken} does not read back whole" if broken else None
 
 
 def load_trained_model(path, logdir=DEFAULT_LOGDIR):
@@ -33,6 +47,9 @@ def load_trained_model(path, logdir=DEFAULT_LOGDIR):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"--model {path} does not exist; give the model.keras of a run, or its folder")
+    if damaged_archive(path):
+        raise Fault(f"{path} is damaged ({damaged_archive(path)}); train the run again, or "
+                         "give the model.keras of another run")
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as e:  # Keras raises many kinds for a file that is not a model

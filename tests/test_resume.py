@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import rnn_mnist
+from plumbing import runs
 from conftest import REPO, synthetic_mnist
 
 SMALL = ["--validation-size", "40", "--units", "8", "--quiet"]
@@ -166,14 +167,15 @@ def test_a_resume_that_would_change_the_run_is_refused(tmp_path, tiny_npz, capsy
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
-def test_resume_without_a_checkpoint(tmp_path, capsys):
+def test_resume_without_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         rnn_mnist.main(["--resume", "--logdir", str(tmp_path)])
     assert exit_.value.code == 2
-    assert f"no run with a checkpoint in {tmp_path}" in capsys.readouterr().err
+    assert f"no run to resume in {tmp_path}" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(SystemExit):
         rnn_mnist.main(["--resume", "nothing", "--logdir", str(tmp_path)])
-    assert "holds no checkpoint to resume from" in capsys.readouterr().err
+    assert "nothing holds no run to resume (no config.json)" in capsys.readouterr().err
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_npz, capsys):
@@ -206,3 +208,43 @@ def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_pa
         value = reader.get_tensor(name)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.isfinite(value).all(), name
+
+
+def stop_after(monkeypatch, global_step):
+    """Ask the run to stop (as Ctrl-C does) once it has trained `global_step` steps."""
+    requests = []
+    enter, log_batch = runs.StopRequest.__enter__, rnn_mnist.Training.log_batch
+    monkeypatch.setattr(runs.StopRequest, "__enter__", lambda self: requests.append(self) or enter(self))
+
+    def log_and_ask(self, loss, accuracy):
+        log_batch(self, loss, accuracy)
+        if self.global_step == global_step:
+            requests[-1].signal = signal.SIGINT
+    monkeypatch.setattr(rnn_mnist.Training, "log_batch", log_and_ask)
+
+
+@pytest.mark.parametrize("stopped_at, where", [
+    (7, "the end of epoch 1/2 (its 7 steps done; its validation next)"),
+    (8, "step 2/7 of epoch 2/2")], ids=["last-step-of-an-epoch", "first-step-of-an-epoch"])
+def test_a_run_stopped_at_an_epochs_edge_resumes_with_its_figures_right(tmp_path, tiny_npz, capsys,
+                                                                        monkeypatch, stopped_at, where):
+    argv = ["--data", tiny_npz, "--batch-size", "32", "--epochs", "2", "--logdir", str(tmp_path),
+            "--run-name", "edge", "--validation-size", "40", "--units", "8", "--figures-every", "0",
+            "--steps-per-execution", "1"]  # the stop is seen after the very step asked
+    with monkeypatch.context() as patched:
+        stop_after(patched, stopped_at)  # 200 training images in batches of 32: 7 steps an epoch
+        with pytest.raises(SystemExit) as stop:
+            rnn_mnist.main(argv)
+    assert stop.value.code == 128 + signal.SIGINT
+    assert latest_checkpoint_step(str(tmp_path / "edge")) == stopped_at
+    capsys.readouterr()
+    metrics = rnn_mnist.main(["--resume", "edge", "--logdir", str(tmp_path), "--figures-every", "0"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"resuming run edge at {where} (checkpoint ckpt-{stopped_at} in "), out
+    rates = [epoch["samples_per_second"] for epoch in metrics["history"]]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates), rates
+    assert min(rates) > max(rates) / 20  # the stopped epoch's time and images both counted
+    assert metrics["samples_per_second"] == pytest.approx(sum(rates) / 2)
+    assert " 0 samples/s" not in out
+    with open(tmp_path / "edge" / "metrics.json") as f:
+        assert json.load(f)["history"] == metrics["history"]
