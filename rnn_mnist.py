@@ -32,7 +32,7 @@ import plumbing  # first: it names in one line a needed package that is not inst
 import numpy as np
 from tqdm.auto import tqdm
 
-from plumbing import cli, distribute, runs, server, using
+from plumbing import cli, distribute, faults, runs, server, using
 from plumbing.atomic import write_json
 from plumbing.batches import batches_in, chunked, prefetched
 from plumbing.errors import Diverged, Interrupted
@@ -220,6 +220,8 @@ class Training:
                         bar.write(epoch_line(epoch + 1, settings.epochs, record))
                     bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
                     bar.update(1)
+                    if stop.signal is not None:  # asked while the epoch ended: it is saved now
+                        raise Interrupted(stop.signal)
         except BaseException:  # no half-drawn bar stays above the message on why training stopped
             bar.leave = False
             raise
@@ -287,16 +289,16 @@ class Training:
             probabilities = predict(self.model, self.x_val)
             record.update({f"val_{k}": v for k, v in scores(probabilities, self.y_val).items()})
         monitored = record.get("val_accuracy", record["accuracy"])
-        if monitored > state.best_val_accuracy.numpy():
+        best = monitored > state.best_val_accuracy.numpy()
+        if best:
             state.best_val_accuracy.assign(monitored)
             state.best_epoch.assign(epoch)
-            if self.chief:
-                runs.save_model_atomically(self.model, self.model_path)
         if self.summaries is not None:
             self.log_epoch(epoch, record, probabilities)
         state.history.assign(json.dumps(runs.history_of(state) + [record]))
         state.epoch.assign(epoch)
-        self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0], [0.0, 0.0])
+        with runs.best_model_in_place(self.model, self.model_path, best and self.chief):
+            self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0], [0.0, 0.0])
         self.heard_from_all()
         return monitored
 
@@ -388,23 +390,32 @@ def run(args, given):
         strategy = distribute.start_strategy(settings, where, on_cpu)
         if worker.count > 1:
             settings, run_dir = runs.agreed_run(strategy, worker, settings, run_dir, args, given)
-    if args.resume is None and worker.chief:
-        runs.prepare_run_dir(run_dir)
+    # The run folder is this process's alone while it runs; a full disk, a folder that cannot be
+    # written, or a stop outside the training loop, ends the run in one line that says what was kept.
+    with runs.run_folder(settings, run_dir, fresh=args.resume is None, named=args.run_name is not None,
+                         chief=worker.chief) as (settings, run_dir), \
+            faults.said_in_one_line(settings, run_dir):
+        return train_and_test(settings, run_dir, args.resume is not None, strategy, where, on_cpu,
+                              worker, (x_train, y_train), (as_sequences(x_test), y_test))
+
+
+def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker, train, test):
+    """Build the model (or restore it from the run's checkpoint), train it, and test it."""
     with strategy.scope():
-        model, train_data, val_data = prepare_training(settings, x_train, y_train, unroll=on_cpu)
+        model, train_data, val_data = prepare_training(settings, *train, unroll=on_cpu)
     state = runs.training_state(model)
-    if args.resume is not None:
+    if resuming:
         runs.resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
     if not worker.chief:
         print(f"worker {worker.index} of {worker.count}: training; worker 0, the chief, shows the "
               "progress", flush=True)
-    summaries = SummaryBuffer(run_dir) if worker.chief else None  # the chief writes the run folder
-    if worker.chief:
+    if worker.chief:  # the chief writes the run folder
         config = runs.run_config(settings, run_dir, model, where, strategy, worker, images={
-            "train": len(train_data[0]), "validation": len(val_data[0]), "test": len(x_test)})
+            "train": len(train_data[0]), "validation": len(val_data[0]), "test": len(test[0])})
         write_json(os.path.join(run_dir, "config.json"), config)
-        if args.resume is None:
-            log_run_start(summaries, model, config, RECIPE)
+    summaries = SummaryBuffer(run_dir) if worker.chief else None
+    if worker.chief and not resuming:
+        log_run_start(summaries, model, config, RECIPE)
     try:
         history = Training(state, train_data, val_data, settings, run_dir, summaries,
                            settings.quiet, strategy, worker).fit()
@@ -417,8 +428,7 @@ def run(args, given):
         print(distribute.finished_line(worker, model), flush=True)
     if not worker.chief:
         return {"worker": worker.index, "weights_fingerprint": distribute.weights_fingerprint(model)}
-    return test_and_record(state, history, settings, run_dir, as_sequences(x_test), y_test,
-                           len(val_data[0]))
+    return test_and_record(state, history, settings, run_dir, *test, len(val_data[0]))
 
 
 def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
@@ -472,7 +482,10 @@ def main(argv=None):
     with cli.answered_in_one_line():
         command, args, given = cli.parse(cli.words(argv), RECIPE, RECURRENT_CELLS)
         with runtime_log_held(args.verbose, until_exit=argv is None):
-            return run(args, given) if command == "train" else USES[command](args)
+            if command != "train":
+                return USES[command](args)
+            with faults.stops_at_once():  # SIGTERM too, before the run folder is made
+                return run(args, given)
 
 
 if __name__ == "__main__":

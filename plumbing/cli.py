@@ -9,7 +9,7 @@ import signal
 import sys
 
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
-from .errors import EXIT_FAULT, EXIT_USAGE, Fault, UsageError
+from .errors import EXIT_FAULT, EXIT_USAGE, Fault, Interrupted, UsageError
 from .lazy_tensorflow import INTRA_OP_THREADS
 from .mnist_files import MNIST_URL, TIMESTEPS
 from .runs import DEFAULT_LOGDIR
@@ -81,10 +81,29 @@ def positive_float(text):
     return value
 
 
+NAME_BYTES = 255  # the longest name of a file or folder that Linux and macOS take
+
+
+def folder_text(text):
+    """A folder's name as TensorFlow can take it: TensorFlow passes names on as UTF-8, which a
+    name read under a locale that is not (LC_ALL=C, with PYTHONUTF8=0) cannot always be."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"has characters this system's locale ({sys.getfilesystemencoding()}) cannot pass on; "
+            "use ASCII letters, or run with PYTHONUTF8=1 or a UTF-8 locale (LC_ALL=C.UTF-8)") from None
+    return text
+
+
 def run_name(text):
     if not text or text in (".", "..") or "/" in text or "\\" in text or os.sep in text:
         raise argparse.ArgumentTypeError(f"'{text}' must be a plain folder name, "
                                          "without path separators or '..'")
+    folder_text(text)
+    if len(text.encode()) > NAME_BYTES:
+        raise argparse.ArgumentTypeError(f"is {len(text.encode())} bytes long, and a folder's name can "
+                                         f"be at most {NAME_BYTES}; choose a shorter one")
     return text
 
 
@@ -208,7 +227,7 @@ def add_data_arguments(group):
 
 
 def add_logdir_and_verbose(group):
-    group.add_argument("--logdir", default=DEFAULT_LOGDIR, metavar="DIR",
+    group.add_argument("--logdir", default=DEFAULT_LOGDIR, type=folder_text, metavar="DIR",
                        help="the folder of the runs, one sub-folder each: training writes there, "
                             "and the other commands take the newest model from there")
     group.add_argument("--verbose", action="store_true",
@@ -341,6 +360,10 @@ def answered_in_one_line():
     except KeyboardInterrupt:
         print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
+    except Interrupted as e:  # before a run's folder was made (a run says what it kept)
+        print(f"\n{signal.Signals(e.args[0]).name} received: stopped before the run began; "
+              "nothing was saved", file=sys.stderr)
+        raise SystemExit(128 + e.args[0]) from None
     except BrokenPipeError:  # the reader of the output left early: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe
         raise SystemExit(1) from None

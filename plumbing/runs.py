@@ -6,11 +6,15 @@ checkpoints/ and TensorBoard's event files.
 """
 
 import argparse
+import contextlib
 import datetime
+import fcntl
+import glob
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -54,22 +58,78 @@ def latest_run(logdir):
 
 def refuse_used_run_dir(run_dir):
     if os.path.isdir(run_dir) and os.listdir(run_dir):
-        raise UsageError(f"{run_dir} already holds a run; choose another --run-name")
+        name = os.path.basename(run_dir)
+        raise UsageError(f"{run_dir} already holds a run; choose another --run-name, or go on with "
+                         f"that one with --resume {shlex.quote(name)}")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UsageError(f"{run_dir} is a file, not a folder; choose another --run-name")
 
 
-def prepare_run_dir(run_dir):
-    """Create a fresh run folder; never reuse one that holds an earlier run."""
-    refuse_used_run_dir(run_dir)
+def dated_name(logdir, stamp):
+    """A run name made from the start time, with -2, -3... when a run of that second exists."""
+    names = [stamp] + [f"{stamp}-{n}" for n in range(2, 1000)]
+    return next(name for name in names if not os.path.exists(os.path.join(logdir, name)))
+
+
+def made_run_folder(settings, run_dir, named):
+    """Create a fresh run folder; a dated name that another run took meanwhile moves on to the
+    next free one (os.mkdir fails for all but one of two runs that ask for the same)."""
+    stamp = settings.run_name[:len("YYYYmmdd-HHMMSS")]
     try:
-        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(settings.logdir, exist_ok=True)
+        while True:
+            try:
+                os.mkdir(run_dir)
+                break
+            except FileExistsError:
+                if named:
+                    break  # found empty just now: the lock decides which run has it
+                settings.run_name = dated_name(settings.logdir, stamp)
+                run_dir = os.path.join(settings.logdir, settings.run_name)
     except OSError as e:
         raise UsageError(f"cannot create the run folder {run_dir} ({e.strerror}); "
                          "give --logdir a folder you can write to") from None
-    if not os.access(run_dir, os.W_OK):
-        raise UsageError(f"cannot write to {run_dir}; give --logdir a folder you can write to")
-    return run_dir
+    return settings, run_dir
+
+
+def check_writable(run_dir, fresh):
+    """Refuse, before anything is trained, a run folder (or its checkpoints/) that cannot be written."""
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        if os.path.isdir(folder):
+            try:
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                fix = "give --logdir a folder you can write to" if fresh else "make it writable, then resume"
+                raise Fault(f"cannot write to {folder} ({e.strerror}); {fix}") from None
+
+
+@contextlib.contextmanager
+def run_folder(settings, run_dir, fresh, named, chief):
+    """The run's folder, made (a fresh run) or found (a resumed one), checked to be writable,
+    and this process's alone while the run lasts: locked with flock, which the system lets
+    go of when the process ends, however it ends (a lock file would outlive a kill).
+    Yields the settings and the folder (a dated name can move on to the next)."""
+    if not chief:  # a worker other than the chief writes no run folder
+        yield settings, run_dir
+        return
+    if fresh:
+        refuse_used_run_dir(run_dir)
+        settings, run_dir = made_run_folder(settings, run_dir, named)
+    held = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"run {settings.run_name} is in use by another rnn_mnist process that "
+                             "trains or resumes it; wait for it to end, or give another "
+                             "--run-name") from None
+        if fresh:
+            refuse_used_run_dir(run_dir)  # made by another run that ended just now
+        check_writable(run_dir, fresh)
+        remove_partial_files(run_dir)  # of a run of it that was killed: no one else writes here now
+        yield settings, run_dir
+    finally:
+        os.close(held)
 
 
 def settings_of_run(args, given):
@@ -77,7 +137,8 @@ def settings_of_run(args, given):
     if args.resume is not None:
         return resumed_settings(args, given)
     settings = argparse.Namespace(**vars(args))
-    settings.run_name = args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    settings.run_name = args.run_name or dated_name(
+        args.logdir, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = os.path.join(args.logdir, settings.run_name)
     refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
     return settings, run_dir
@@ -172,10 +233,33 @@ class Checkpoints:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def save_model_atomically(model, path):
-    partial = path[:-len(".keras")] + ".partial.keras"  # Keras insists on the extension
-    with replaced_atomically(path, partial):
+def partial_model_path(path):
+    return path[:-len(".keras")] + ".partial.keras"  # Keras insists on the extension
+
+
+@contextlib.contextmanager
+def best_model_in_place(model, path, save):
+    """Save `model` (if `save`) to a partial file, and put it in place at `path` only once
+    the body (the checkpoint that records it as the best) has run: the model never runs
+    ahead of its checkpoint, and a failed save leaves the earlier best whole."""
+    if not save:
+        yield
+        return
+    with replaced_atomically(path, partial_model_path(path)) as partial:
         model.save(partial)
+        yield
+
+
+def remove_partial_files(run_dir):
+    """What a write cut short leaves: the best model's partial file, TensorFlow's temporary
+    checkpoint folders, and event files of this process that hold nothing."""
+    if os.path.exists(partial_model_path(os.path.join(run_dir, MODEL_FILE))):
+        os.remove(partial_model_path(os.path.join(run_dir, MODEL_FILE)))
+    for folder in glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*_temp")):
+        shutil.rmtree(folder, ignore_errors=True)
+    for events in glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True):
+        if re.search(rf"\.{os.getpid()}\.\d+\.v2$", events) and os.path.getsize(events) == 0:
+            os.remove(events)
 
 
 # ----------------------------------------------------------------------------
@@ -360,8 +444,9 @@ def how_to_go_on(run_dir):
 
 
 def resume_command(settings):
-    logdir = "" if settings.logdir == DEFAULT_LOGDIR else f" --logdir {settings.logdir}"
-    return f"python rnn_mnist.py --resume {settings.run_name}{logdir}"
+    """The command that goes on with the run, quoted as a shell needs it."""
+    logdir = "" if settings.logdir == DEFAULT_LOGDIR else f" --logdir {shlex.quote(settings.logdir)}"
+    return f"python rnn_mnist.py --resume {shlex.quote(settings.run_name)}{logdir}"
 
 
 # ----------------------------------------------------------------------------
@@ -389,27 +474,52 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def kept(settings, run_dir):
+    """(What a run that stopped here keeps, the command that goes on from it, or None)."""
+    command = resume_command(settings)
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        return "nothing was saved", None
+    whole = [p for p in checkpoints_in(os.path.join(run_dir, "checkpoints")) if os.path.isfile(p + ".index")]
+    if not whole:
+        return (f"no checkpoint was saved yet in {run_dir}",
+                f"start it again from the beginning with: {command}")
+    if epochs_trained(whole[0]) >= settings.epochs:
+        return (f"its {settings.epochs} epochs were trained and saved in {run_dir}, its test is left",
+                f"test it with: {command}")
+    return f"the last checkpoint, {os.path.basename(whole[0])}, is kept in {run_dir}", f"resume with: {command}"
+
+
+def epochs_trained(prefix):
+    try:
+        return int(tf.train.load_checkpoint(prefix).get_tensor("state/epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError, IndexError):
+        return -1  # damaged: the resume will say so, and go on from an older one
+
+
 def report_stop(stop, state, settings, run_dir, worker):
     """One line on why training stopped early and what was kept; exits."""
-    where = f"epoch {int(state.epoch.numpy()) + 1}, step {int(state.step_in_epoch.numpy())}"
+    epoch, step = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
+    where = (f"at epoch {epoch + 1}, step {step}" if step else
+             f"at the end of epoch {epoch}" if epoch else "before its first step")
     if isinstance(stop, Interrupted):
         signum = stop.args[0] or signal.SIGTERM  # None: another worker was asked to stop
         said = f"{signal.Signals(signum).name} received" if stop.args[0] else "another worker stopped"
-        print(f"{said}: stopped at {where}, with a checkpoint saved in {run_dir}.\n"
-              f"resume with: {resume_command(settings)}", file=sys.stderr)
+        what, how = kept(settings, run_dir) if worker.chief else (
+            f"the chief keeps the run's checkpoint in {run_dir}", f"resume with: {resume_command(settings)}")
+        print(f"{said}: stopped {where}; {what}." + (f"\n{how}" if how else ""), file=sys.stderr)
         raise SystemExit(128 + signum)
     if isinstance(stop, Diverged):
         checkpoints = os.path.join(run_dir, "checkpoints")
-        kept = [what for what, there in [("checkpoint", tf.train.latest_checkpoint(checkpoints)),
+        good = [what for what, there in [("checkpoint", checkpoints_in(checkpoints)),
                                          (MODEL_FILE, os.path.exists(os.path.join(run_dir, MODEL_FILE)))]
                 if there]
         print(f"rnn_mnist.py: error: {stop}; training stopped"
-              + (f", keeping the last good {' and '.join(kept)} in {run_dir}" if kept else "")
+              + (f", keeping the last good {' and '.join(good)} in {run_dir}" if good else "")
               + "; try a smaller --learning-rate", file=sys.stderr)
         raise SystemExit(1)
     said = re.search(r"(Collective ops is aborted by: .*|.*[Cc]onnection .*|.*[Dd]eadline .*|.*[Tt]imed out.*)",
                      stop.message or "")
     reason = (said.group(1) if said else type(stop).__name__).strip()[:REASON_CHARS]
-    print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} lost the others at {where} "
+    print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} lost the others {where} "
           f"({reason}); {how_to_go_on(run_dir)}", file=sys.stderr)
     raise SystemExit(1)

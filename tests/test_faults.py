@@ -3,12 +3,17 @@ odd moments): each ends in one line and its exit status, and nothing already wri
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 import rnn_mnist
-from conftest import synthetic_mnist
+from conftest import REPO, synthetic_mnist
 
 TINY = ["--batch-size", "32", "--validation-size", "40", "--units", "8", "--figures-every", "0",
         "--steps-per-execution", "1"]
@@ -128,3 +133,183 @@ def test_a_damaged_model_keras_is_said_to_be_damaged(run_copy, capsys, size):
     assert status == 1 and len(err.splitlines()) == 1
     assert err.startswith(f"rnn_mnist.py: error: {model} is damaged ({size:,} bytes that are not a whole "
                           ".keras archive")
+
+
+# ----------------------------------------------------------------------------
+# A full disk: a small tmpfs, where the tests run as root (else these are skipped)
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("a full disk is a small tmpfs, which only root can mount")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk, leave):
+    """Take all of `disk` but `leave` bytes; returns the filler, to remove for more room."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(stats.f_bavail * stats.f_frsize - leave, 1))
+    return filler
+
+
+def no_partial_files(run_dir):
+    left = [p for p in run_dir.rglob("*") if p.name.endswith("_temp") or ".partial" in p.name
+            or (p.name.startswith("events.out") and p.stat().st_size == 0)]
+    assert not left, left
+
+
+@pytest.fixture(scope="module")
+def whole_deterministic(finished):
+    """The metrics of the full-disk runs' settings, trained without a fault."""
+    return rnn_mnist.main(["--data", str(finished / "tiny.npz"), *FULL_DISK_RUN,
+                           "--logdir", str(finished / "whole"), "--run-name", "w"])
+
+
+FULL_DISK_RUN = ["--epochs", "2", "--checkpoint-every", "3", "--deterministic", "--quiet", *TINY]
+
+
+@pytest.mark.parametrize("leave_kib", [0, 16, 96, 160, 240],
+                         ids=["at-once", "config-only", "at-the-graph", "after-a-checkpoint",
+                              "after-two-checkpoints"])
+def test_a_full_disk_ends_in_one_line_and_the_run_goes_on_after_more_room(
+        finished, small_disk, capsys, whole_deterministic, leave_kib):
+    logdir = small_disk / "runs"
+    argv = ["--data", str(finished / "tiny.npz"), *FULL_DISK_RUN, "--logdir", str(logdir), "--run-name", "r"]
+    shutil.copytree(finished / "runs" / "r", logdir / "earlier")  # a run that must stay as it was
+    earlier = sha256s(logdir / "earlier")
+    filler = fill(small_disk, leave_kib * 1024)
+    status, out, err = resumed(argv, capsys)
+    run_dir = logdir / "r"
+    lines = err.splitlines()
+    assert status == 1 and len(lines) == 2, err
+    assert lines[0].startswith(f"rnn_mnist.py: error: the disk of {run_dir} is full; ")
+    assert lines[1].startswith("make room on it, then ")
+    no_partial_files(run_dir)
+    assert sha256s(logdir / "earlier") == earlier
+    os.remove(filler)
+    command = lines[1].split(" with: ", 1)[1] if " with: " in lines[1] else None
+    then = argv if command is None else shlex.split(command)[2:] + ["--data", str(finished / "tiny.npz")]
+    status, out, err = resumed(then, capsys)
+    assert status == 0, err
+    metrics = json.load(open(run_dir / "metrics.json"))
+    assert [e["loss"] for e in metrics["history"]] == [e["loss"] for e in whole_deterministic["history"]]
+    assert metrics["test_loss"] == whole_deterministic["test_loss"]
+
+
+def test_a_resume_on_a_full_disk_changes_nothing(finished, small_disk, capsys):
+    logdir = small_disk / "runs"
+    shutil.copytree(finished / "runs" / "r", logdir / "r")
+    os.remove(logdir / "r" / "metrics.json")  # its test left: the resume writes config.json first
+    before = sha256s(logdir / "r")
+    filler = fill(small_disk, 0)
+    status, out, err = resumed(["--resume", "r", "--logdir", str(logdir)], capsys)
+    assert status == 1 and len(err.splitlines()) == 2, err
+    assert err.startswith(f"rnn_mnist.py: error: the disk of {logdir / 'r'} is full; its 2 epochs were "
+                          f"trained and saved in {logdir / 'r'}, its test is left.\n"
+                          f"make room on it, then test it with: python rnn_mnist.py --resume r --logdir ")
+    assert sha256s(logdir / "r") == before
+    os.remove(filler)
+    status, out, err = resumed(["--resume", "r", "--logdir", str(logdir)], capsys)
+    assert status == 0 and out.startswith("resuming run r at its test: its 2 epochs were trained")
+    assert json.load(open(logdir / "r" / "metrics.json"))["epochs"] == 2
+
+
+# ----------------------------------------------------------------------------
+# Signals outside the training loop, and SIGKILL before the first checkpoint
+
+def signal_during(monkeypatch, module, name, signum):
+    """Send `signum` to this process as `module.name` begins, as a user's Ctrl-C or kill would."""
+    original = getattr(module, name)
+
+    def signalled(*args, **kwargs):
+        signal.raise_signal(signum)  # to this thread: its handler runs before the next line
+        return original(*args, **kwargs)
+    monkeypatch.setattr(module, name, signalled)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_before_the_first_step_says_so_and_the_run_can_start_again(
+        finished, tmp_path, capsys, monkeypatch, signum):
+    argv = ["--data", str(finished / "tiny.npz"), "--epochs", "2", "--logdir", str(tmp_path),
+            "--run-name", "early", "--quiet", *TINY]
+    with monkeypatch.context() as patched:
+        signal_during(patched, rnn_mnist.Training, "fit", signum)
+        status, out, err = resumed(argv, capsys)
+    name = signal.Signals(signum).name
+    assert status == 128 + signum
+    assert err.replace("stopped before its first step;", "stopped at once;") == (
+                   f"{name} received: stopped at once; no checkpoint was saved yet in {tmp_path / 'early'}.\n"
+                   f"start it again from the beginning with: python rnn_mnist.py --resume early "
+                   f"--logdir {tmp_path}\n")
+    status, out, err = resumed(["--resume", "early", "--logdir", str(tmp_path)], capsys)
+    assert status == 0 and out.startswith("resuming run early from the start"), err
+    assert json.load(open(tmp_path / "early" / "metrics.json"))["epochs"] == 2
+
+
+def test_sigterm_before_the_run_folder_is_made_says_nothing_was_saved(finished, tmp_path, capsys, monkeypatch):
+    from plumbing import mnist_files  # noqa: F401  (the data is loaded before the folder is made)
+    with monkeypatch.context() as patched:
+        signal_during(patched, rnn_mnist, "load_mnist", signal.SIGTERM)
+        status, out, err = resumed(["--data", str(finished / "tiny.npz"), "--logdir", str(tmp_path / "runs")],
+                                   capsys)
+    assert status == 128 + signal.SIGTERM
+    assert err.strip() == "SIGTERM received: stopped before the run began; nothing was saved"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where", ["test", "validation"])
+def test_a_signal_after_the_last_checkpoint_leaves_a_run_whose_test_resume_finishes(
+        finished, tmp_path, capsys, monkeypatch, where):
+    argv = ["--data", str(finished / "tiny.npz"), "--epochs", "2", "--logdir", str(tmp_path),
+            "--run-name", "late", "--quiet", *TINY]
+    with monkeypatch.context() as patched:
+        if where == "test":  # while the best model is tested
+            signal_during(patched, rnn_mnist, "test_and_record", signal.SIGTERM)
+        else:  # while the last epoch is validated: the loop stops once it is saved
+            end_epoch = rnn_mnist.Training.end_epoch
+
+            def late_end_epoch(self, epoch, record):
+                if epoch == 2:
+                    signal.raise_signal(signal.SIGTERM)
+                return end_epoch(self, epoch, record)
+            patched.setattr(rnn_mnist.Training, "end_epoch", late_end_epoch)
+        status, out, err = resumed(argv, capsys)
+    assert status == 128 + signal.SIGTERM
+    lines = err.splitlines()
+    assert len(lines) == 2 and "its test is left" in lines[0], err
+    assert lines[1] == f"test it with: python rnn_mnist.py --resume late --logdir {tmp_path}"
+    assert not (tmp_path / "late" / "metrics.json").exists()
+    status, out, err = resumed(["--resume", "late", "--logdir", str(tmp_path)], capsys)
+    assert status == 0 and out.startswith("resuming run late at its test: its 2 epochs were trained"), err
+    metrics = json.load(open(tmp_path / "late" / "metrics.json"))
+    assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+
+
+def test_sigkill_before_the_first_checkpoint_leaves_a_run_that_resumes_from_its_start(finished, tmp_path):
+    slow = tmp_path / "slow.npz"
+    import numpy as np
+    np.savez(slow, **synthetic_mnist(n_train=4040, n_test=60))
+    argv = [sys.executable, os.path.join(REPO, "rnn_mnist.py"), "--data", str(slow), "--epochs", "1",
+            "--batch-size", "8", "--checkpoint-every", "100000", "--validation-size", "40",
+            "--units", "8", "--figures-every", "0", "--logdir", str(tmp_path / "runs"), "--run-name", "k"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = tmp_path / "runs" / "k" / "config.json"
+    deadline = time.monotonic() + 120
+    while not config.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # into the first epoch, long before its end (500 steps)
+    process.kill()
+    process.wait()
+    assert not (tmp_path / "runs" / "k" / "checkpoints").exists() or \
+        not any(p.name.endswith(".index") for p in (tmp_path / "runs" / "k" / "checkpoints").iterdir())
+    done = subprocess.run([*argv[:2], "--resume", "k", "--logdir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("resuming run k from the start")
+    assert json.load(open(tmp_path / "runs" / "k" / "metrics.json"))["epochs"] == 1
