@@ -32,7 +32,7 @@ import plumbing  # first: it names in one line a needed package that is not inst
 import numpy as np
 from tqdm.auto import tqdm
 
-from plumbing import cli, distribute, faults, runs, server, using
+from plumbing import checkpoints, cli, distribute, faults, runs, server, using
 from plumbing.atomic import write_json
 from plumbing.batches import batches_in, chunked, prefetched
 from plumbing.errors import Diverged, Interrupted
@@ -202,7 +202,7 @@ class Training:
         self.model_path = os.path.join(run_dir, runs.MODEL_FILE)
         self.global_step = int(state.optimizer.iterations.numpy())
         self.quiet = quiet or not worker.chief
-        self.checkpoints = runs.Checkpoints(state, run_dir, summaries, worker)
+        self.checkpoints = checkpoints.Checkpoints(state, run_dir, summaries, worker)
         self.watchdog = distribute.watchdog_for(worker, lambda: runs.how_to_go_on(run_dir))
 
     def fit(self):
@@ -230,7 +230,7 @@ class Training:
             self.checkpoints.close()
             if self.watchdog is not None:
                 self.watchdog.stop()
-        return runs.history_of(state)
+        return checkpoints.history_of(state)
 
     def epoch(self, epoch, stop):
         """The steps of one epoch, from where the state stands; the epoch's training record."""
@@ -295,7 +295,7 @@ class Training:
             state.best_epoch.assign(epoch)
         if self.summaries is not None:
             self.log_epoch(epoch, record, probabilities)
-        state.history.assign(json.dumps(runs.history_of(state) + [record]))
+        state.history.assign(json.dumps(checkpoints.history_of(state) + [record]))
         state.epoch.assign(epoch)
         with runs.best_model_in_place(self.model, self.model_path, best and self.chief):
             self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0], [0.0, 0.0])
@@ -403,7 +403,7 @@ def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker,
     """Build the model (or restore it from the run's checkpoint), train it, and test it."""
     with strategy.scope():
         model, train_data, val_data = prepare_training(settings, *train, unroll=on_cpu)
-    state = runs.training_state(model)
+    state = checkpoints.training_state(model)
     if resuming:
         runs.resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
     if not worker.chief:

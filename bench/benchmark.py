@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rnn_mnist  # noqa: E402  (the repo root is put on the path above)
-from plumbing import batches, cli, distribute, graphs, lazy_tensorflow, metrics, mnist_files, runs, summaries  # noqa: E402
+from plumbing import batches, checkpoints, cli, distribute, graphs, lazy_tensorflow, metrics, mnist_files, summaries  # noqa: E402
 
 tf, keras = (lazy_tensorflow.import_tensorflow()[name] for name in ("tf", "keras"))
 np = rnn_mnist.np
@@ -95,7 +95,7 @@ def time_to_accuracy(settings, strategy, worker, mnist):
     """Train with `settings`, testing after each epoch: (the epochs' training seconds and test
     accuracy, prediction images/s)."""
     model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy, mnist)
-    state = runs.training_state(model)
+    state = checkpoints.training_state(model)
     curve = []
     with tempfile.TemporaryDirectory() as run_dir:
         buffer = summaries.SummaryBuffer(run_dir)

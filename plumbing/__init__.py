@@ -11,7 +11,9 @@ concern. The script imports these; none of them imports the script.
     graphs           a model's traced functions, made once; prediction by batches
     metrics          cross-entropy, accuracy, the confusion matrix, per-digit figures
     distribute       tf.distribute: strategies, TF_CONFIG, workers, the steps graph
-    runs             run folders, checkpoints, resume, and stops
+    runs             run folders (one process each), their config, resume, and stops
+    checkpoints      the training state, saved as it goes; the newest that reads found again
+    faults           a full disk, an unwritable folder, a stop outside the loop: one line
     summaries        TensorBoard's event files: graph, config, hparams, histograms
     reading          how the network reads: readout after every row, units' gates
     figures          the pictures TensorBoard shows each epoch

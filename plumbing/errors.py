@@ -4,6 +4,7 @@ longer a number."""
 
 EXIT_USAGE = 2
 EXIT_FAULT = 1
+REASON_CHARS = 160  # of an error from a library, at most this much is quoted in the one line
 
 
 class UsageError(Exception):

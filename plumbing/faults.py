@@ -8,13 +8,12 @@ Inside the training loop a stop is a request the loop honours at a consistent po
 
 import contextlib
 import errno
-import os
 import signal
 import sys
 
 from .errors import EXIT_FAULT, Interrupted
 from .lazy_tensorflow import tf
-from .runs import kept, remove_partial_files, resume_command
+from .runs import kept, remove_partial_files
 
 # What an error from the file system or from TensorFlow's writers says, by its errno.
 FAULTS = {errno.ENOSPC: ("No space left on device", "the disk of {folder} is full",

@@ -253,7 +253,6 @@ def test_a_signal_before_the_first_step_says_so_and_the_run_can_start_again(
 
 
 def test_sigterm_before_the_run_folder_is_made_says_nothing_was_saved(finished, tmp_path, capsys, monkeypatch):
-    from plumbing import mnist_files  # noqa: F401  (the data is loaded before the folder is made)
     with monkeypatch.context() as patched:
         signal_during(patched, rnn_mnist, "load_mnist", signal.SIGTERM)
         status, out, err = resumed(["--data", str(finished / "tiny.npz"), "--logdir", str(tmp_path / "runs")],
@@ -313,3 +312,155 @@ def test_sigkill_before_the_first_checkpoint_leaves_a_run_that_resumes_from_its_
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("resuming run k from the start")
     assert json.load(open(tmp_path / "runs" / "k" / "metrics.json"))["epochs"] == 1
+
+
+# ----------------------------------------------------------------------------
+# One process to a run folder; run names
+
+def test_a_run_folder_in_use_by_another_process_is_refused(finished, tmp_path, capsys):
+    slow = tmp_path / "slow.npz"
+    import numpy as np
+    np.savez(slow, **synthetic_mnist(n_train=4040, n_test=60))
+    logdir = tmp_path / "runs"
+    argv = ["--data", str(slow), "--epochs", "1", "--batch-size", "8", "--checkpoint-every", "20",
+            "--validation-size", "40", "--units", "8", "--figures-every", "0", "--logdir", str(logdir)]
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "rnn_mnist.py"), *argv, "--run-name", "busy"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (logdir / "busy" / "checkpoints" / "checkpoint").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for again in (["--resume", "busy"], ["--run-name", "busy"]):
+            status, out, err = resumed([*argv, *again], capsys)
+            assert status == 2 and len(err.splitlines()) == 1, err
+            assert err.startswith("rnn_mnist.py: error: run busy is in use by another rnn_mnist process")\
+                or "already holds a run; choose another --run-name, or go on with that one with " \
+                   "--resume busy" in err
+        assert first.poll() is None  # undisturbed
+    finally:
+        first.kill()
+        first.wait()
+    status, out, err = resumed(["--resume", "busy", "--logdir", str(logdir), "--quiet"], capsys)
+    assert status == 0, err  # a killed process leaves no lock behind
+    assert json.load(open(logdir / "busy" / "metrics.json"))["epochs"] == 1
+
+
+def test_a_second_resume_of_a_running_run_is_refused_by_the_lock(run_copy, capsys):
+    import fcntl
+    run_dir, argv = run_copy
+    held = os.open(run_dir, os.O_RDONLY)  # as the process that trains it holds it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = sha256s(run_dir)
+        status, out, err = resumed(argv, capsys)
+    finally:
+        os.close(held)
+    assert status == 2 and err == ("rnn_mnist.py: error: run r is in use by another rnn_mnist process that "
+                                   "trains or resumes it; wait for it to end, or give another --run-name\n")
+    assert sha256s(run_dir) == before
+
+
+def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path):
+    from plumbing import runs
+    import argparse
+    stamp = "20261201-120000"
+    (tmp_path / stamp).mkdir()
+    (tmp_path / stamp / "config.json").write_text("{}")
+    assert runs.dated_name(str(tmp_path), stamp) == f"{stamp}-2"
+    # another run takes the name between the choice and the making of the folder
+    settings = argparse.Namespace(logdir=str(tmp_path), run_name=f"{stamp}-2")
+    (tmp_path / f"{stamp}-2").mkdir()
+    settings, run_dir = runs.made_run_folder(settings, str(tmp_path / f"{stamp}-2"), named=False)
+    assert settings.run_name == f"{stamp}-3" and run_dir == str(tmp_path / f"{stamp}-3")
+    assert os.path.isdir(run_dir)
+
+
+def test_two_runs_at_once_without_a_name_each_get_a_folder(finished, tmp_path):
+    argv = [sys.executable, os.path.join(REPO, "rnn_mnist.py"), "--data", str(finished / "tiny.npz"),
+            "--epochs", "1", "--logdir", str(tmp_path / "runs"), "--quiet", *TINY]
+    processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    names = sorted(os.listdir(tmp_path / "runs"))
+    assert len(names) == 3
+    for name in names:
+        config = json.load(open(tmp_path / "runs" / name / "config.json"))
+        assert config["run_name"] == name and (tmp_path / "runs" / name / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------
+# Folders that cannot be written, odd names and locales, durable writes
+
+def immutable(path, on):
+    """chattr +i: not even root may change the folder (root passes every permission bit)."""
+    done = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True)
+    if on and done.returncode:
+        pytest.skip(f"chattr cannot make {path} read-only here: {done.stderr.decode().strip()}")
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "."], ids=["checkpoints", "run-folder"])
+def test_a_read_only_run_folder_is_refused_before_training(run_copy, capsys, folder):
+    run_dir, argv = run_copy
+    target = run_dir / folder
+    before = sha256s(run_dir)
+    immutable(target, True)
+    try:
+        status, out, err = resumed(argv, capsys)
+    finally:
+        immutable(target, False)
+    assert status == 1 and out == "", err
+    assert err == (f"rnn_mnist.py: error: cannot write to {os.path.normpath(target)} (Operation not "
+                   "permitted); make it writable, then resume\n")
+    assert sha256s(run_dir) == before
+
+
+def test_a_run_name_with_spaces_is_quoted_in_the_command_to_resume(finished, tmp_path, capsys, monkeypatch):
+    argv = ["--data", str(finished / "tiny.npz"), "--epochs", "2", "--logdir", str(tmp_path / "my runs"),
+            "--run-name", "my run 2", "--quiet", *TINY]
+    with monkeypatch.context() as patched:
+        signal_during(patched, rnn_mnist, "test_and_record", signal.SIGTERM)
+        status, out, err = resumed(argv, capsys)
+    command = err.splitlines()[-1].split(": ", 1)[1]
+    assert command == f"python rnn_mnist.py --resume 'my run 2' --logdir '{tmp_path / 'my runs'}'"
+    status, out, err = resumed(shlex.split(command)[2:], capsys)  # as pasted into a shell
+    assert status == 0, err
+
+
+def test_a_non_ascii_run_name_works_and_a_locale_that_cannot_pass_it_on_is_named(finished, tmp_path):
+    argv = [sys.executable, os.path.join(REPO, "rnn_mnist.py"), "--data", str(finished / "tiny.npz"),
+            "--epochs", "1", "--logdir", str(tmp_path), "--quiet", *TINY, "--run-name", "déjà vu"]
+    ascii_locale = dict(os.environ, LC_ALL="POSIX", PYTHONUTF8="0")
+    done = subprocess.run(argv, env=ascii_locale, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "--run-name: has characters this system's locale (ascii) cannot pass on" in done.stderr
+    assert not os.listdir(tmp_path)
+    done = subprocess.run(argv, env=dict(os.environ, PYTHONUTF8="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "déjà vu" / "metrics.json").exists()
+
+
+def test_a_run_name_too_long_for_a_folder_is_named(capsys):
+    status, out, err = resumed(["--run-name", "r" * 300], capsys)
+    assert status == 2 and "--run-name: is 300 bytes long, and a folder's name can be at most 255" in err
+
+
+def test_the_model_and_the_metrics_reach_the_disk_before_their_names(finished, tmp_path, capsys, monkeypatch):
+    from plumbing import atomic
+    run_dir = tmp_path / "d"
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))) or fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: events.append(("replace", str(b))) or replace(a, b))
+    status, out, err = resumed(["--data", str(finished / "tiny.npz"), "--epochs", "1", "--logdir",
+                                str(tmp_path), "--run-name", "d", "--quiet", *TINY], capsys)
+    assert status == 0, err
+    for name, partial in (("config.json", "config.json.part"), ("metrics.json", "metrics.json.part"),
+                          ("model.keras", "model.partial.keras")):  # the first epoch is the best so far
+        i = events.index(("replace", str(run_dir / name)))
+        assert events[i - 1] == ("fsync", str(run_dir / partial))  # the data, then the name,
+        assert events[i + 1] == ("fsync", str(run_dir))  # then the folder that holds the name
