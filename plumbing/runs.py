@@ -112,7 +112,8 @@ def run_folder(settings, run_dir, fresh, named, chief):
         yield settings, run_dir
         return
     if fresh:
-        refuse_used_run_dir(run_dir)
+        if named:  # a dated name taken meanwhile moves on to the next instead
+            refuse_used_run_dir(run_dir)
         settings, run_dir = made_run_folder(settings, run_dir, named)
     held = os.open(run_dir, os.O_RDONLY)
     try:
@@ -122,7 +123,7 @@ def run_folder(settings, run_dir, fresh, named, chief):
             raise UsageError(f"run {settings.run_name} is in use by another rnn_mnist process that "
                              "trains or resumes it; wait for it to end, or give another "
                              "--run-name") from None
-        if fresh:
+        if fresh and named:
             refuse_used_run_dir(run_dir)  # made by another run that ended just now
         check_writable(run_dir, fresh)
         remove_partial_files(run_dir)  # of a run of it that was killed: no one else writes here now

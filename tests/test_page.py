@@ -87,8 +87,12 @@ return colours.size;
 def test_drawing_a_digit_shows_the_answer_the_reading_and_the_state(browser, page_url, tmp_path):
     from selenium.webdriver.common.by import By
     browser.get(page_url)
+    placeholders = browser.find_elements(By.CSS_SELECTOR, ".placeholder")
+    assert len(placeholders) == 3  # before any drawing, each panel says what will show there
+    assert all(p.is_displayed() and "Draw a digit" in p.text for p in placeholders)
     draw(browser, SEVEN)
     wait_for_answer(browser, 1)
+    assert not any(p.is_displayed() for p in placeholders)
 
     answer = browser.find_element(By.ID, "answer").text
     assert answer.isdigit()
@@ -118,6 +122,7 @@ def test_drawing_a_digit_shows_the_answer_the_reading_and_the_state(browser, pag
     first = browser.execute_script("return window.rnnMnist.page.reading.state['cell state']")
     browser.find_element(By.ID, "clear").click()
     assert browser.find_element(By.ID, "answer").text == "–"
+    assert all(p.is_displayed() for p in placeholders)
     draw(browser, ONE, start=(0, -100))
     wait_for_answer(browser, 2)
     second = browser.execute_script("return window.rnnMnist.page.reading.state['cell state']")

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -110,7 +111,8 @@ def test_predict_refuses_a_blank_picture_and_an_existing_output(tmp_path, traine
 
 def test_models_that_cannot_be_used_are_refused(tmp_path, capsys):
     import keras
-    (tmp_path / "junk.keras").write_bytes(b"not a model at all")
+    with zipfile.ZipFile(tmp_path / "junk.keras", "w") as junk:  # a whole archive, but no model
+        junk.writestr("notes.txt", "not a model at all")
     other = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
     other.save(tmp_path / "other.keras")
     for path, message in [(tmp_path / "missing.keras", "does not exist"),
