@@ -182,6 +182,13 @@ def training_step(model, strategy=None, steps=1):
 # The loop over epochs and steps, and its TensorBoard scalars
 
 
+# TensorBoard sorts its groups of tags (the part before the first "/") and the tags in them
+# by name, and opens the first two: the epochs' accuracy and loss (training and validation in
+# one chart each), then the pictures of the reading (how_it_reads/...).
+EPOCH_TAGS = {"accuracy": "epochs/accuracy", "loss": "epochs/loss",
+              "learning_rate": "training/learning_rate", "samples_per_second": "training/samples_per_second"}
+
+
 class Training:
     """The loop over epochs and steps of one run.
 
@@ -313,19 +320,19 @@ class Training:
 
     def log_batch(self, loss, accuracy):
         if self.summaries is not None and self.global_step % self.settings.log_every == 0:
-            self.summaries.add("train", "batch_loss", loss, self.global_step)
-            self.summaries.add("train", "batch_accuracy", accuracy, self.global_step)
+            self.summaries.add("train", "steps/loss", loss, self.global_step)
+            self.summaries.add("train", "steps/accuracy", accuracy, self.global_step)
 
     def log_epoch(self, epoch, record, probabilities):
         """The epoch's scalars (train and validation, which TensorBoard overlays), the
         histograms of weights and gradients, and every `--figures-every` epochs the pictures."""
         summaries, settings = self.summaries, self.settings
-        for key in ("loss", "accuracy", "learning_rate", "samples_per_second"):
+        for key, tag in EPOCH_TAGS.items():
             if record[key] is not None:
-                summaries.add("train", f"epoch_{key}", record[key], epoch)
+                summaries.add("train", tag, record[key], epoch)
         for key in ("loss", "accuracy"):
             if f"val_{key}" in record:
-                summaries.add("validation", f"epoch_{key}", record[f"val_{key}"], epoch)
+                summaries.add("validation", EPOCH_TAGS[key], record[f"val_{key}"], epoch)
         log_weights_and_gradients(summaries, self.model, self.x[:settings.batch_size],
                                   self.y[:settings.batch_size], epoch)
         if probabilities is not None and settings.figures_every and epoch % settings.figures_every == 0:

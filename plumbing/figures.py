@@ -2,6 +2,7 @@
 confusion matrix, the mistakes, and how the network reads a digit row by row."""
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -9,6 +10,9 @@ from .metrics import confusion_matrix
 from .mnist_files import NUM_CLASSES
 from .reading import UNITS_PER_DIGIT, how_it_reads, recurrent_layers
 
+CARD_INCHES = 3.5  # at 100 dpi, 350 pixels: how wide TensorBoard 2.21's Images and Time Series
+# dashboards show a picture in its card (measured in Chromium); a wider one is scaled down, its
+# text with it, so each picture is drawn at that width with text of 7 points (10 pixels) or more
 SHOWN_DIGITS = 8  # digits in the readout and gate pictures
 SHOWN_MISTAKES = 24  # misclassified digits shown, at most
 MISTAKES_READ = 2  # of the digits in the readout and gate pictures, mistakes (the rest right)
@@ -30,23 +34,24 @@ def new_figure(width, height):
 def draw_confusion(counts, title):
     """The 10x10 confusion matrix with its counts written in, on a log colour scale."""
     from matplotlib.colors import LogNorm
-    figure = new_figure(6.4, 5.6)
+    figure = new_figure(CARD_INCHES, CARD_INCHES * 0.95)
     ax = figure.add_subplot()
     ax.imshow(counts + 1, cmap="Blues", norm=LogNorm(vmin=1, vmax=counts.max() + 1))
     for (true, guess), n in np.ndenumerate(counts):
         if n:
             dark = (n + 1) > (counts.max() + 1) ** 0.6
-            ax.text(guess, true, str(n), ha="center", va="center", fontsize=8,
+            ax.text(guess, true, str(n), ha="center", va="center", fontsize=7 if n < 1000 else 6,
                     color="white" if dark else ("black" if true == guess else "firebrick"))
     ax.set_xticks(range(len(counts)))
     ax.set_yticks(range(len(counts)))
-    ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
-    ax.set_title(title)
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("predicted digit", fontsize=8)
+    ax.set_ylabel("true digit", fontsize=8)
+    ax.set_title(title, fontsize=8)
     return figure_to_image(figure)
 
 
-def draw_mistakes(images, labels, predicted, confidence, title, columns=8):
+def draw_mistakes(images, labels, predicted, confidence, title, columns=4):
     """A grid of misclassified digits, each captioned 'true -> predicted (confidence)'.
 
     One mosaic in one axes: a subplot per digit took many times longer to draw.
@@ -54,7 +59,7 @@ def draw_mistakes(images, labels, predicted, confidence, title, columns=8):
     rows = max(1, math.ceil(len(images) / columns))
     size, gap = images.shape[1], 10
     mosaic = np.ones((rows * (size + gap), columns * (size + 2)), np.float32) * 0.15
-    figure = new_figure(columns * 1.05, rows * 1.25 + 0.5)
+    figure = new_figure(CARD_INCHES, rows * CARD_INCHES / columns * 1.2 + 0.4)
     ax = figure.add_subplot()
     for i, image in enumerate(images):
         top, left = (i // columns) * (size + gap) + gap, (i % columns) * (size + 2) + 1
@@ -63,73 +68,88 @@ def draw_mistakes(images, labels, predicted, confidence, title, columns=8):
                 ha="center", va="bottom", fontsize=7.5, color="#ffb4a8")
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=7.5, wrap=True)
     return figure_to_image(figure)
 
 
-def draw_rows(images, captions, panels, title, per_line=2):
+def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, legend=None):
     """Per digit: the image beside heat maps whose rows line up with the image's rows.
 
-    `panels` is a list of (name, values [N, T, K], column labels, colour map, range).
-    Each digit and its heat maps are one picture composed here in NumPy, in one axes,
-    with one colour bar per panel for the whole figure: a subplot per heat map would
-    take many times longer to draw.
+    `panels` is a list of (name, values [N, T, K], column labels, colour map, range), laid
+    out `panels_across` to a line beside the image (the next ones below, under it). Each
+    digit and its heat maps are one picture composed here in NumPy, in one axes, with one
+    colour bar per colour scale for the whole figure: a subplot per heat map would take
+    many times longer to draw. `legend` says what a column, a row and a colour are.
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    rows = images.shape[1]
+    rows, width = images.shape[1], images.shape[2]
     # heat-map columns are widened so a panel spans about a digit's width (at most 10 px each)
-    cells = [min(10, math.ceil(images.shape[2] / values.shape[2])) for _, values, *_ in panels]
-    ticks, names = [], []
-    left = images.shape[2] + 2
-    for (name, values, labels, cmap, limits), cell in zip(panels, cells):
-        ticks += [(left + cell * k + (cell - 1) / 2, str(label)) for k, label in enumerate(labels)]
-        names.append((left + values.shape[2] * cell / 2, name))
-        left += values.shape[2] * cell + 2
+    cells = [min(10, math.ceil(width / values.shape[2])) for _, values, *_ in panels]
+    gap, label_room = 2, 9  # between panels; under a line of panels, for its column labels
+    places, x, y = [], width + gap, 0  # where each panel's top left corner goes
+    for k, ((_, values, *_), cell) in enumerate(zip(panels, cells)):
+        if k and k % panels_across == 0:
+            x, y = width + gap, y + rows + label_room
+        places.append((x, y))
+        x += values.shape[2] * cell + gap
+    across = max(x for x, _ in places) + max(v.shape[2] * c for (_, v, *_), c in zip(panels, cells))
+    down = places[-1][1] + rows
     n = len(images)
     lines = math.ceil(n / per_line)
-    figure = new_figure(per_line * left / 22 + 0.4, lines * 1.75 + 1.1)
-    figure.suptitle(title)
+    strip_inches = CARD_INCHES / per_line
+    # the image sits beside its row labels, narrower than its share of the width: 0.8
+    figure = new_figure(CARD_INCHES, lines * (0.8 * strip_inches * (down + label_room) / across + 0.25)
+                        + 0.6 + 0.12 * len(scales_of(panels)) + (0.5 if legend else 0))
+    figure.suptitle(title + ("\n" + textwrap.fill(legend, 70) if legend else ""), fontsize=6.5)
     axes = np.atleast_1d(figure.subplots(lines, per_line)).reshape(-1)
     for i, ax in enumerate(axes):
         ax.axis("off")
         if i >= n:
             continue
-        strip = [np.repeat(images[i][..., None], 3, axis=2), np.ones((rows, 2, 3))]
-        for (name, values, labels, cmap, (low, high)), cell in zip(panels, cells):
+        picture = np.ones((down, across, 3))
+        picture[:rows, :width] = images[i][..., None]
+        for (name, values, labels, cmap, (low, high)), cell, (x, y) in zip(panels, cells, places):
             coloured = colormaps[cmap](np.clip((values[i] - low) / (high - low), 0, 1))[..., :3]
-            strip += [np.repeat(coloured, cell, axis=1), np.ones((rows, 2, 3))]
-        ax.imshow(np.concatenate(strip[:-1], axis=1), interpolation="nearest")
+            picture[y:y + rows, x:x + values.shape[2] * cell] = np.repeat(coloured, cell, axis=1)
+        ax.imshow(picture, interpolation="nearest")
         named = len(panels) > 1 and i < per_line  # which panel is which, over the first line
-        ax.set_title(captions[i], fontsize=9, pad=14 if named else 6)
-        for x, label in ticks:
-            ax.text(x, rows + 0.6, label, ha="center", va="top", fontsize=6)
-        ax.text(-1, 0, "row 0", ha="right", va="center", fontsize=6)
-        ax.text(-1, rows - 1, f"row {rows - 1}", ha="right", va="center", fontsize=6)
-        if named:
-            for x, name in names:
-                ax.text(x, -1.2, name, ha="center", va="bottom", fontsize=7)
-    scales = {}  # one colour bar for the panels that share a colour scale
+        ax.set_title(captions[i], fontsize=7, pad=9 if named and panels_across > 1 else 3)
+        for (name, values, labels, *_), cell, (x, y) in zip(panels, cells, places):
+            for k, label in enumerate(labels):
+                ax.text(x + cell * k + (cell - 1) / 2, y + rows + 0.4, str(label), ha="center",
+                        va="top", fontsize=5.5)
+            if named:
+                ax.text(x + values.shape[2] * cell / 2, y - 0.8, name, ha="center", va="bottom",
+                        fontsize=6.5)
+        ax.text(-1, 0, "row 0", ha="right", va="center", fontsize=5.5)
+        ax.text(-1, rows - 1, f"row {rows - 1}", ha="right", va="center", fontsize=5.5)
+    for (cmap, (low, high)), named in scales_of(panels).items():
+        bar = figure.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=axes.tolist(),
+                              location="bottom", fraction=0.03, aspect=30, pad=0.01)
+        bar.set_label(", ".join(named), fontsize=7)
+        bar.ax.tick_params(labelsize=6.5)
+    return figure_to_image(figure)
+
+
+def scales_of(panels):
+    """{(colour map, range): the names of the panels drawn on it}: one colour bar each."""
+    scales = {}
     for name, values, labels, cmap, limits in panels:
         scales.setdefault((cmap, limits), []).append(name)
-    for (cmap, (low, high)), named in scales.items():
-        bar = figure.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=axes.tolist(),
-                              location="bottom", fraction=0.04, aspect=40, pad=0.02)
-        bar.set_label(", ".join(named), fontsize=8)
-        bar.ax.tick_params(labelsize=7)
-    return figure_to_image(figure)
+    return scales
 
 
 def epoch_pictures(model, x_val, y_val, probabilities, epoch):
     """The pictures TensorBoard shows for one epoch, from the validation set: {tag: image}."""
     predicted = probabilities.argmax(axis=1)
-    pictures = {"confusion_matrix": draw_confusion(
+    pictures = {"mistakes/confusion_matrix": draw_confusion(
         confusion_matrix(probabilities, y_val),
         f"validation, epoch {epoch}: {np.mean(predicted == y_val):.2%} right")}
     wrong = np.nonzero(predicted != y_val)[0][:SHOWN_MISTAKES]
     if len(wrong):
-        pictures["misclassified"] = draw_mistakes(
+        pictures["mistakes/misclassified"] = draw_mistakes(
             x_val[wrong], y_val[wrong], predicted[wrong], probabilities[wrong].max(axis=1),
             f"misclassified, epoch {epoch}: true \u2192 predicted (confidence), "
             f"{len(wrong)} of {int(np.sum(predicted != y_val))}")
@@ -140,17 +160,20 @@ def epoch_pictures(model, x_val, y_val, probabilities, epoch):
     captions = [f"a {label}, read as {guess} ({p:.0%})" for label, guess, p in
                 zip(labels, predicted[shown], probabilities[shown].max(axis=1))]
     reading = how_it_reads(model, images)
-    pictures["readout_over_rows"] = draw_rows(
+    pictures["how_it_reads/prediction_row_by_row"] = draw_rows(
         images, captions,
         [("P(digit) after each row", reading["readout"], list(range(NUM_CLASSES)), "viridis", (0, 1))],
         f"epoch {epoch}: the prediction forming as the rows are read, top to bottom")
     first_of_group = np.r_[True, reading["unit_digits"][1:] != reading["unit_digits"][:-1]]
     labels = [str(d) if first else "" for d, first in zip(reading["unit_digits"], first_of_group)]
-    pictures["gates_over_rows"] = draw_rows(
+    pictures["how_it_reads/units_row_by_row"] = draw_rows(
         images, captions,
         [(name, values, labels, "magma" if "gate" in name else "RdBu_r",
           (0, 1) if "gate" in name else (-1, 1)) for name, values in reading["state"].items()],
-        f"epoch {epoch}: units of the last {type(recurrent_layers(model)[-1]).__name__} layer, "
-        f"row by row, "
-        f"{UNITS_PER_DIGIT} for each digit (those that vote most for it)", per_line=1)
-    return pictures
+        f"epoch {epoch}: inside the last {type(recurrent_layers(model)[-1]).__name__} layer, "
+        "row by row", per_line=1, panels_across=2, legend=(
+            f"A column is one unit: for each digit the {UNITS_PER_DIGIT} that vote most for it, "
+            "under it. A row is the unit after reading that row of the image. Gates run from "
+            "0, closed (dark), to 1, open (light); the state, squashed by tanh, from -1 (blue) "
+            "to +1 (red)."))
+    return pictures  # tags named so that TensorBoard, sorting them by name, shows the reading first

@@ -64,9 +64,9 @@ def log_test_results(run_dir, test, counts, step):
     """The test accuracy and loss (for the HParams table) and the per-class table, as text."""
     writer = tf.summary.create_file_writer(run_dir)
     with writer.as_default():
-        tf.summary.scalar("test_accuracy", test["accuracy"], step=step)
-        tf.summary.scalar("test_loss", test["loss"], step=step)
-        tf.summary.text("test_per_class", per_class_table(counts), step=step)
+        tf.summary.scalar("test/accuracy", test["accuracy"], step=step)
+        tf.summary.scalar("test/loss", test["loss"], step=step)
+        tf.summary.text("test/per_class", per_class_table(counts), step=step)
     writer.close()
 
 
@@ -78,9 +78,9 @@ def log_weights_and_gradients(summaries, model, images, labels, epoch):
     gradients = tape.gradient(loss, variables)
     for variable, gradient in zip(variables, gradients):
         name = variable.path
-        summaries.add("train", f"weights/{name}", variable.numpy(), epoch, kind="histogram")
-        summaries.add("train", f"gradients/{name}", gradient.numpy(), epoch, kind="histogram")
-        summaries.add("train", f"gradient_norm/{name}", float(tf.norm(gradient)), epoch)
+        summaries.add("train", f"training/weights/{name}", variable.numpy(), epoch, kind="histogram")
+        summaries.add("train", f"training/gradients/{name}", gradient.numpy(), epoch, kind="histogram")
+        summaries.add("train", f"training/gradient_norm/{name}", float(tf.norm(gradient)), epoch)
 
 
 def markdown_table(header, rows):

@@ -49,8 +49,8 @@ def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
     predicted = np.asarray(model(mnist_files.as_sequences(x_test))).argmax(axis=1)
     assert np.mean(predicted == y_test) == pytest.approx(saved["test_accuracy"], abs=1e-6)
 
-    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tensorboard_tags(str(run / "train"))
-    assert {"epoch_loss", "epoch_accuracy"} <= tensorboard_tags(str(run / "validation"))
+    assert {"epochs/loss", "epochs/accuracy", "training/learning_rate"} <= tensorboard_tags(str(run / "train"))
+    assert {"epochs/loss", "epochs/accuracy"} <= tensorboard_tags(str(run / "validation"))
 
 
 def test_gru_and_stacked_layers_train(tmp_path, tiny_npz):

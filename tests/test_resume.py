@@ -125,9 +125,9 @@ def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
     config = json.loads((tmp_path / "more" / "config.json").read_text())
     assert config["epochs"] == 4 and config["batch_size"] == 20
     # one point per epoch and per 5 steps (10 steps an epoch), none repeated or rewound
-    assert tensorboard_steps(str(tmp_path / "more" / "train"), "epoch_loss") == [1, 2, 3, 4]
-    assert tensorboard_steps(str(tmp_path / "more" / "validation"), "epoch_accuracy") == [1, 2, 3, 4]
-    assert tensorboard_steps(str(tmp_path / "more" / "train"), "batch_loss") == list(range(5, 41, 5))
+    assert tensorboard_steps(str(tmp_path / "more" / "train"), "epochs/loss") == [1, 2, 3, 4]
+    assert tensorboard_steps(str(tmp_path / "more" / "validation"), "epochs/accuracy") == [1, 2, 3, 4]
+    assert tensorboard_steps(str(tmp_path / "more" / "train"), "steps/loss") == list(range(5, 41, 5))
 
 
 def test_steps_per_execution_changes_how_fast_not_what_is_learned(tmp_path, tiny_npz):

@@ -62,24 +62,33 @@ def test_every_dashboard_is_active_and_lists_the_runs_tags(served_run):
         assert plugins[name]["enabled"], name
 
     scalars = get(base + "/data/plugin/scalars/tags")
-    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_samples_per_second",
-            "batch_loss", "batch_accuracy"} <= set(scalars["shown/train"])
-    assert {"epoch_loss", "epoch_accuracy"} <= set(scalars["shown/validation"])
-    assert {"test_accuracy", "test_loss"} <= set(scalars["shown"])
-    assert any(tag.startswith("gradient_norm/") for tag in scalars["shown/train"])
+    assert {"epochs/accuracy", "epochs/loss", "training/learning_rate", "training/samples_per_second",
+            "steps/loss", "steps/accuracy"} <= set(scalars["shown/train"])
+    assert {"epochs/loss", "epochs/accuracy"} <= set(scalars["shown/validation"])
+    # sorted by name, as TensorBoard lists them: the epochs' accuracy and loss (training and
+    # validation in one chart each) first, then the pictures of the reading (below), the steps',
+    # and the mechanics (training/...) last
+    tags = sorted(scalars["shown/train"])
+    assert tags[:2] == ["epochs/accuracy", "epochs/loss"] and tags[-1].startswith("training/")
+    assert ["epochs", "how_it_reads", "mistakes", "steps", "test", "training"] == sorted(
+        {tag.split("/")[0] for run in ("shown", "shown/train", "shown/validation")
+         for tag in [*scalars.get(run, {}), *get(base + "/data/plugin/images/tags").get(run, {})]})
+    assert {"test/accuracy", "test/loss"} <= set(scalars["shown"])
+    assert any(tag.startswith("training/gradient_norm/") for tag in scalars["shown/train"])
 
     histograms = get(base + "/data/plugin/histograms/tags")["shown/train"]
-    assert any(t.startswith("weights/") and t.endswith("recurrent_kernel") for t in histograms)
-    assert any(t.startswith("gradients/") and "classifier" in t for t in histograms)
+    assert any(t.startswith("training/weights/") and t.endswith("recurrent_kernel") for t in histograms)
+    assert any(t.startswith("training/gradients/") and "classifier" in t for t in histograms)
 
     images = get(base + "/data/plugin/images/tags")["shown/validation"]
-    assert {"confusion_matrix", "readout_over_rows", "gates_over_rows"} <= set(images)
+    assert sorted(images) == ["how_it_reads/prediction_row_by_row", "how_it_reads/units_row_by_row",
+                              "mistakes/confusion_matrix", "mistakes/misclassified"]  # the reading first
 
     assert "shown" in get(base + "/data/plugin/graphs/info")
-    assert {"config", "test_per_class"} <= set(get(base + "/data/plugin/text/tags")["shown"])
+    assert {"config", "test/per_class"} <= set(get(base + "/data/plugin/text/tags")["shown"])
 
     experiment = get(base + "/data/plugin/hparams/experiment", body=b'{"experimentName": ""}')
     names = {info["name"] for info in experiment["hparamInfos"]}
     assert {"cell", "units", "learning_rate", "batch_size"} <= names
     metrics = {(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]}
-    assert {("", "test_accuracy"), ("validation", "epoch_accuracy")} <= metrics, metrics
+    assert {("", "test/accuracy"), ("validation", "epochs/accuracy")} <= metrics, metrics
