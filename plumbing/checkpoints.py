@@ -87,6 +87,12 @@ def checkpoints_in(folder):
     return [os.path.join(folder, f"ckpt-{n}") for n in sorted(numbers, reverse=True)]
 
 
+def newest_saved(folder):
+    """The newest checkpoint in `folder` that was saved whole (its .index is written last),
+    or None; whether it still reads is for `newest_readable` to find."""
+    return next((p for p in checkpoints_in(folder) if os.path.isfile(p + ".index")), None)
+
+
 def damage_of(prefix):
     """Why the checkpoint `prefix` cannot be read back, or None when every value in it reads
     (TensorFlow checks each against its checksum as it reads it)."""

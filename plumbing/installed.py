@@ -19,6 +19,6 @@ def require_installed():
     if absent:
         here = os.path.relpath(os.path.join(os.path.dirname(__file__), "..", "requirements.txt"))
         print(f"rnn_mnist.py: error: {', '.join(absent)} not installed in this Python "
-                 f"({sys.executable}); activate the virtual environment that has them, or "
-                 f"install them with: pip install -r {here}", file=sys.stderr)
+              f"({sys.executable}); activate the virtual environment that has them, or "
+              f"install them with: pip install -r {here}", file=sys.stderr)
         raise SystemExit(2)

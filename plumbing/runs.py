@@ -23,7 +23,7 @@ import tempfile
 from .atomic import replaced_atomically
 from .batches import batches_in
 from .distribute import agree_with_chief
-from .checkpoints import checkpoints_in, epochs_trained, restore
+from .checkpoints import epochs_trained, newest_saved, restore
 from .errors import REASON_CHARS, Diverged, Fault, Interrupted, UsageError
 from .lazy_tensorflow import keras, tf
 
@@ -191,8 +191,9 @@ def best_model_in_place(model, path, save):
 def remove_partial_files(run_dir):
     """What a write cut short leaves: the best model's partial file, TensorFlow's temporary
     checkpoint folders, and event files of this process that hold nothing."""
-    if os.path.exists(partial_model_path(os.path.join(run_dir, MODEL_FILE))):
-        os.remove(partial_model_path(os.path.join(run_dir, MODEL_FILE)))
+    partial = partial_model_path(os.path.join(run_dir, MODEL_FILE))
+    if os.path.exists(partial):
+        os.remove(partial)
     for folder in glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*_temp")):
         shutil.rmtree(folder, ignore_errors=True)
     for events in glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True):
@@ -292,7 +293,7 @@ def resume_line(state, settings, run_dir, n_train, prefix):
 def how_to_go_on(run_dir):
     """What every worker of a run that broke off should do: resume, or start again when no
     checkpoint was saved yet (a resume would find none)."""
-    if tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+    if newest_saved(os.path.join(run_dir, "checkpoints")):
         return f"start every worker again with --resume to go on from the last checkpoint in {run_dir}"
     return f"no checkpoint was saved yet: remove {run_dir} and start every worker again"
 
@@ -333,14 +334,14 @@ def kept(settings, run_dir):
     command = resume_command(settings)
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         return "nothing was saved", None
-    whole = [p for p in checkpoints_in(os.path.join(run_dir, "checkpoints")) if os.path.isfile(p + ".index")]
-    if not whole:
+    newest = newest_saved(os.path.join(run_dir, "checkpoints"))
+    if newest is None:
         return (f"no checkpoint was saved yet in {run_dir}",
                 f"start it again from the beginning with: {command}")
-    if epochs_trained(whole[0]) >= settings.epochs:
+    if epochs_trained(newest) >= settings.epochs:
         return (f"its {settings.epochs} epochs were trained and saved in {run_dir}, its test is left",
                 f"test it with: {command}")
-    return f"the last checkpoint, {os.path.basename(whole[0])}, is kept in {run_dir}", f"resume with: {command}"
+    return f"the last checkpoint, {os.path.basename(newest)}, is kept in {run_dir}", f"resume with: {command}"
 
 
 def report_stop(stop, state, settings, run_dir, worker):
@@ -357,7 +358,7 @@ def report_stop(stop, state, settings, run_dir, worker):
         raise SystemExit(128 + signum)
     if isinstance(stop, Diverged):
         checkpoints = os.path.join(run_dir, "checkpoints")
-        good = [what for what, there in [("checkpoint", checkpoints_in(checkpoints)),
+        good = [what for what, there in [("checkpoint", newest_saved(checkpoints)),
                                          (MODEL_FILE, os.path.exists(os.path.join(run_dir, MODEL_FILE)))]
                 if there]
         print(f"rnn_mnist.py: error: {stop}; training stopped"

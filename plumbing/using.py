@@ -47,9 +47,10 @@ def load_trained_model(path, logdir=DEFAULT_LOGDIR):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"--model {path} does not exist; give the model.keras of a run, or its folder")
-    if damaged_archive(path):
-        raise Fault(f"{path} is damaged ({damaged_archive(path)}); train the run again, or "
-                         "give the model.keras of another run")
+    damage = damaged_archive(path)
+    if damage:
+        raise Fault(f"{path} is damaged ({damage}); train the run again, or give the model.keras "
+                    "of another run")
     try:
         model = keras.models.load_model(path, safe_mode=True)
     except Exception as e:  # Keras raises many kinds for a file that is not a model
