@@ -12,10 +12,12 @@
     TF_CONFIG='{"cluster": ...}' python rnn_mnist.py      # one of several workers
     python -m pytest tests                                # the test suite
 
-Each 28x28 image is read top to bottom, one row of 28 pixels per timestep. The
-recurrent layer's last output feeds a dense softmax over the ten digits; the loss
-is cross-entropy, the gradients flow back through all 28 steps, and Adam follows
-a cosine learning-rate schedule. Every run gets its own folder under `Visualize/`
+Each 28x28 image is read top to bottom, one row of 28 pixels per timestep (or, with
+--order and --pixels-per-step, column by column or in a fixed scrambled order, K pixels a
+step: 784 steps of one pixel is the research benchmark sequential MNIST). The recurrent
+layer's last output feeds a dense softmax over the ten digits; the loss is cross-entropy,
+the gradients flow back through all the steps, and Adam follows a cosine learning-rate
+schedule. Every run gets its own folder under `Visualize/`
 with TensorBoard logs, the resolved config, the best model and the test metrics.
 
 This file is the recipe, to be read top to bottom: the settings, MNIST to sequences,
@@ -32,7 +34,7 @@ import plumbing  # first: it names in one line a needed package that is not inst
 import numpy as np
 from tqdm.auto import tqdm
 
-from plumbing import checkpoints, cli, distribute, faults, runs, server, using
+from plumbing import checkpoints, cli, distribute, faults, orders, runs, server, using
 from plumbing.atomic import write_json
 from plumbing.batches import batches_in, chunked, prefetched
 from plumbing.errors import Diverged, Interrupted
@@ -40,7 +42,7 @@ from plumbing.figures import epoch_pictures
 from plumbing.graphs import predict
 from plumbing.lazy_tensorflow import keras, quiet_tensorflow, runtime_log_held, tf
 from plumbing.metrics import confusion_matrix, scores
-from plumbing.mnist_files import NUM_CLASSES, as_sequences, load_mnist
+from plumbing.mnist_files import FEATURES, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
 from plumbing.summaries import SummaryBuffer, log_run_start, log_test_results, log_weights_and_gradients
 
 # ----------------------------------------------------------------------------
@@ -58,11 +60,37 @@ RECIPE = dict(
     shift=2,               # each training image moved by up to 2 pixels, anew every epoch
     validation_size=5000,  # the last 5,000 training images pick the best epoch
     seed=1,                # of the weights, the order of the images and the shifts
+    order="rows",          # the pixels read row by row (or columns, or permuted)...
+    pixels_per_step=28,    # ...28 at each step: a row
+    permutation="0",       # with order "permuted": its seed, or "bitrev"
+    clip_norm=0.0,         # the gradient's norm clipped to this (0: not clipped)
 )
 
 # ----------------------------------------------------------------------------
 # MNIST to sequences. `as_sequences` scales the uint8 pixels to [0, 1]; an image's rows
 # are already in reading order, so row r of an image is timestep r of its sequence.
+# Read in another order, the 784 pixels (named row * 28 + column) are taken in that order
+# and cut into steps of K: the model's first layer does it (plumbing/orders.py), so that
+# whatever uses the model, or an export of it, reads a picture the way it was trained.
+
+
+def pixel_order(order, permutation=None):
+    """The pixels in the order they are read: int32 [784], the pixel read at each place.
+
+    rows: 0, 1, 2, ... 783. columns: 0, 28, 56, ... 756, 1, 29, ... permuted, with a seed S:
+    numpy.random.default_rng(S).permutation(784), a fixed scramble that puts neighbours in
+    the image hundreds of steps apart (psMNIST). bitrev, S4's: the numbers 0 to 1023 with
+    their 10 bits reversed (0, 512, 256, 768, 128, ...), those of 784 or more left out.
+    """
+    pixels = np.arange(orders.PIXELS, dtype=np.int32)
+    if order == "rows":
+        return pixels
+    if order == "columns":
+        return pixels.reshape(TIMESTEPS, FEATURES).T.reshape(-1)
+    if permutation == orders.BIT_REVERSAL:
+        reversed_bits = [int(f"{i:010b}"[::-1], 2) for i in range(1024)]
+        return np.array([i for i in reversed_bits if i < orders.PIXELS], np.int32)
+    return np.random.default_rng(int(permutation)).permutation(orders.PIXELS).astype(np.int32)
 
 
 def shift_randomly(images, max_shift, seed):
@@ -111,18 +139,24 @@ def split_validation(x, y, size):
 RECURRENT_CELLS = {"lstm": "LSTM", "gru": "GRU"}  # --cell -> its Keras layer class
 
 
-def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1, unroll=True):
-    """Stacked recurrent layers over the rows; the last step's output feeds a softmax.
+def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, layers=1, unroll=True,
+               reading=None):
+    """Stacked recurrent layers over the steps; the last step's output feeds a softmax.
 
-    On a CPU the layers are unrolled over the 28 rows: the same cell and the same
-    backpropagation through time, but one graph with no loop, which trains faster than
-    TensorFlow's while loop (bench/README.md) and exports to TFLite as is. On a GPU
-    (`unroll=False`), the layers meet Keras's conditions for the fused cuDNN kernel: no
-    unrolling, the default activations, no recurrent dropout.
+    `reading` is None for the rows, a row a step; else (pixel order, K), read by a first layer
+    that takes the image's pixels in that order, K a step. On a CPU the layers are unrolled
+    over the steps: the same cell and the same backpropagation through time, but one graph
+    with no loop, which trains faster than TensorFlow's while loop at 28 steps (bench/README.md)
+    and exports to TFLite as is. Not past orders.UNROLL_MAX_STEPS (56): measured on 2 cores, unrolled is
+    13% faster at 49 steps, no faster at 112, and 7 times slower to build (a graph of 784
+    copies would be out of reach). On a GPU (`unroll=False`), the layers meet Keras's
+    conditions for the fused cuDNN kernel: no unrolling, the default activations, no
+    recurrent dropout.
     """
     recurrent = getattr(keras.layers, RECURRENT_CELLS[cell])
-    inputs = keras.Input(shape=input_shape, name="rows")
-    x = inputs
+    inputs = keras.Input(shape=input_shape, name="rows" if reading is None else "image")
+    x = inputs if reading is None else orders.reorder_layer(*reading)(inputs)
+    unroll = unroll and x.shape[1] <= orders.UNROLL_MAX_STEPS
     for i in range(layers):
         x = recurrent(units, return_sequences=i < layers - 1, unroll=unroll, name=f"{cell}_{i + 1}")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
@@ -148,12 +182,12 @@ def learning_rate_now(model):
 # The training step
 
 
-def train_step(model, images, labels, counted, batch_size):
+def train_step(model, images, labels, counted, batch_size, clip_norm=0.0):
     """One step of gradient descent on (a replica's part of) a batch -> (its share of the
     batch's mean loss, its correct answers).
 
-    Forward through the 28 rows, cross-entropy, gradients by backpropagation through
-    time, and Adam's update. `counted` is 1 for a real image and 0 for a blank one that
+    Forward through the steps, cross-entropy, gradients by backpropagation through time,
+    clipped if asked, and Adam's update. `counted` is 1 for a real image and 0 for a blank one that
     pads a batch; the loss is summed over the images and divided by the whole batch's
     size, so when the replicas' shares are added up (the strategy adds their gradients
     in `apply_gradients`), the step is the whole batch's, however it was split.
@@ -165,17 +199,36 @@ def train_step(model, images, labels, counted, batch_size):
     scale = 1.0 / batch_size
     variables = model.trainable_variables
     gradients = [g * scale for g in tape.gradient(loss_sum, variables)]
+    if clip_norm:
+        gradients = clipped_by_norm(gradients, clip_norm)
     model.optimizer.apply_gradients(zip(gradients, variables))
     predicted = tf.argmax(probabilities, axis=1, output_type=labels.dtype)
     correct = tf.reduce_sum(tf.cast(predicted == labels, tf.int32) * tf.cast(counted, tf.int32))
     return loss_sum * scale, correct
 
 
-def training_step(model, strategy=None, steps=1):
+def clipped_by_norm(gradients, clip_norm):
+    """The batch's gradient, all weights' together, scaled down to length `clip_norm` when it is
+    longer: over hundreds of steps, backpropagation through time can multiply a gradient into
+    a step that throws the weights far off (Pascanu et al., 2013).
+
+    A replica holds its part of the batch's gradient, and the length is the whole's: the parts
+    are added up first, the whole is clipped, and each replica passes on its share of it, which
+    `apply_gradients` adds up again. (Keras's `global_clipnorm` clips each replica's part on
+    its own: a different step on two replicas than on one.)
+    """
+    replicas = tf.distribute.get_replica_context()
+    whole, _ = tf.clip_by_global_norm(replicas.all_reduce("sum", gradients), clip_norm)
+    return [g / replicas.num_replicas_in_sync for g in whole]
+
+
+def training_step(model, strategy=None, steps=1, clip_norm=0.0):
     """`train_step` as one graph on the strategy (default: this process's one device):
     `step(batches, stop=False, rows=0)` trains on up to `steps` batches in one call
     (distribute.steps_graph says how the batches reach the replicas)."""
-    return distribute.steps_graph(model, strategy, steps, train_step)
+    def step(model, images, labels, counted, batch_size):
+        return train_step(model, images, labels, counted, batch_size, clip_norm)
+    return distribute.steps_graph(model, strategy, steps, step)
 
 
 # ----------------------------------------------------------------------------
@@ -204,7 +257,8 @@ class Training:
         self.chief, self.alone = worker.chief, worker.count == 1
         (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
         self.model = state.model
-        self.train_step = training_step(self.model, strategy, settings.steps_per_execution)
+        self.train_step = training_step(self.model, strategy, settings.steps_per_execution,
+                                        settings.clip_norm)
         self.steps_per_epoch = batches_in(len(self.x), settings.batch_size)
         self.model_path = os.path.join(run_dir, runs.MODEL_FILE)
         self.global_step = int(state.optimizer.iterations.numpy())
@@ -361,8 +415,10 @@ def prepare_training(settings, x_train, y_train, unroll=True):
     keras.utils.set_random_seed(settings.seed)
     train_data, val_data = split_validation(as_sequences(x_train), y_train, settings.validation_size)
     steps = batches_in(len(train_data[0]), settings.batch_size)
+    reading = None if orders.reads_plain_rows(settings.order, settings.pixels_per_step) else (
+        pixel_order(settings.order, settings.permutation), settings.pixels_per_step)
     model = make_model(train_data[0].shape[1:], NUM_CLASSES, settings.cell, settings.units,
-                       settings.layers, unroll)
+                       settings.layers, unroll, reading)
     compile_model(model, settings.learning_rate, steps * settings.epochs, settings.lr_schedule)
     # Adam's slots made now, in the scope: made inside the first distributed step instead,
     # Keras 3.15 fails with "You must feed a value for placeholder tensor"

@@ -1,12 +1,13 @@
 // The page of `python rnn_mnist.py serve`: draw a digit, send it to /api/read, and show
-// how the network read it, row by row. No library and no build step: the canvas API
-// draws every picture.
+// how the network read it, row by row (or step by step, for a model that reads its pixels in
+// another order: /api/read answers for up to 28 of its steps). No library and no build step:
+// the canvas API draws every picture.
 "use strict";
 
-const ROWS = 28; // the image's rows: one timestep each
+const SIZE = 28; // the image's rows, and its columns
 const CLASSES = 10;
 const READ_DELAY_MS = 150; // while drawing, ask again once the pen rests this long
-const ROW_STEP_MS = 45; // the reading plays at this pace per row
+const ROW_STEP_MS = 45; // the reading plays at this pace per row (28 shown steps)
 const STROKE_WIDTH = 20; // on the 280-pixel pad: MNIST's stroke once scaled to 20 pixels
 const SURE = 0.9; // "sure" in the story: at least this probability from that row on
 const LEANING = 0.5; // "leaning to" in the story
@@ -19,8 +20,9 @@ const RED_BLUE = ["#2166ac", "#67a9cf", "#f7f7f7", "#ef8a62", "#b2182b"]; // -1 
 const $ = (id) => document.getElementById(id);
 
 const page = {
+  about: null, // /api/model's answer: the model, and the order it reads the pixels in
   reading: null, // the last answer of /api/read
-  row: ROWS - 1, // the row shown: the readout after it, the line under it
+  row: SIZE - 1, // the row (the step shown) chosen: the readout after it, the line under it
   requests: 0, // numbers the requests, so an answer to an older drawing is dropped
   timer: null, // the pending read while drawing
   player: null, // the running animation of the reading
@@ -197,11 +199,12 @@ function show(reading, play) {
     item.textContent = `${digit}   ${percent(p)}`;
     $("top3").append(item);
   }
-  $("story").textContent = story(reading.readout);
+  $("story").textContent = story(reading.readout, reading.steps);
   makeStatePictures(reading);
   document.body.dataset.reading = "shown";
+  $("row").max = reading.readout.length - 1;
   if (play) playReading();
-  else showRow(ROWS - 1);
+  else showRow(reading.readout.length - 1);
 }
 
 function showNothing(message) {
@@ -224,27 +227,38 @@ function percent(p) {
   return p === Math.round(p * 100) / 100 ? `${Math.round(100 * p)}%` : `${(100 * p).toFixed(1)}%`;
 }
 
+// Does the model read row by row, a row a step (not yet known: it does, as most do)?
+function readsRows() {
+  return page.about === null || (page.about.order === "rows" && page.about.pixels_per_step === SIZE);
+}
+
+// the place the j-th readout comes after: a row, or a step of those shown
+function place(j, steps) {
+  return readsRows() ? `row ${j}` : `step ${steps[j]}`;
+}
+
 // Where the network made up its mind, in words, from the probabilities after each row.
-function story(readout) {
+function story(readout, steps) {
   const leaders = readout.map((p) => {
     const digit = p.indexOf(Math.max(...p));
     return { digit, p: p[digit] };
   });
-  const final = leaders[ROWS - 1];
+  const final = leaders[leaders.length - 1];
   const turns = [];
   leaders.forEach((leader, row) => {
     const before = turns.length ? turns[turns.length - 1].digit : null;
     if (leader.p >= LEANING && leader.digit !== before) turns.push({ digit: leader.digit, row });
   });
   let sureFrom = null;
-  for (let row = ROWS - 1; row >= 0; row--) {
+  for (let row = leaders.length - 1; row >= 0; row--) {
     if (leaders[row].digit !== final.digit || leaders[row].p < SURE) break;
     sureFrom = row;
   }
-  const leaning = turns.map((t) => `${t.digit} after row ${t.row}`).join(", then ");
+  const leaning = turns.map((t) => `${t.digit} after ${place(t.row, steps)}`).join(", then ");
+  const last = readsRows() ? "row" : "step";
   const sure = sureFrom === null
-    ? `It never became ${percent(SURE)} sure: ${final.digit} at ${percent(final.p)} after the last row.`
-    : `Sure it is a ${final.digit} (${percent(SURE)} or more) from row ${sureFrom} on.`;
+    ? `It never became ${percent(SURE)} sure: ${final.digit} at ${percent(final.p)} after the last ${last}.`
+    : `Sure it is a ${final.digit} (${percent(SURE)} or more) from ${place(sureFrom, steps)} on.`;
   const mind = turns.length > 1 ? ` It changed its mind ${turns.length - 1} time${turns.length > 2 ? "s" : ""}.` : "";
   return (turns.length ? `Leaning to ${leaning}.` : "") + mind + " " + sure;
 }
@@ -260,13 +274,14 @@ $("play").addEventListener("click", () => page.reading && playReading());
 
 function playReading() {
   stopPlaying();
+  const shown = page.reading.readout.length;
   let row = 0;
   showRow(row);
   page.player = setInterval(() => {
     row += 1;
     showRow(row);
-    if (row === ROWS - 1) stopPlaying();
-  }, ROW_STEP_MS);
+    if (row === shown - 1) stopPlaying();
+  }, ROW_STEP_MS * SIZE / shown); // as long in all, however many steps are shown
 }
 
 function stopPlaying() {
@@ -279,21 +294,38 @@ function showRow(row) {
   $("row").value = row;
   $("row-label").textContent = row;
   if (!page.reading) return;
+  if (!readsRows()) $("row-label").textContent = `${page.reading.steps[row]} of ${page.about.steps}`;
   drawSeen(page.reading.seen, row);
   drawReadout(page.reading.readout, row);
   drawBars(page.reading.readout[row]);
   for (const picture of $("state").querySelectorAll("canvas")) drawState(picture, row);
 }
 
-// the 28x28 image the model saw, rows still unread dimmed, a line under the row just read
+// which of the 784 pixels (row * 28 + column) the model has read by the step shown at `row`
+function readSoFar(row) {
+  const read = new Uint8Array(SIZE * SIZE);
+  if (readsRows()) {
+    read.fill(1, 0, (row + 1) * SIZE);
+    return read;
+  }
+  const order = page.about.pixel_order;
+  const count = page.reading.steps[row] * page.about.pixels_per_step;
+  for (let i = 0; i < count; i++) read[order[i]] = 1;
+  return read;
+}
+
+// the 28x28 image the model saw, the pixels still unread dimmed (for a model that reads
+// row by row, a line under the row just read)
 function drawSeen(seen, row) {
   const canvas = $("seen"), g = canvas.getContext("2d");
-  const cell = canvas.width / ROWS;
+  const cell = canvas.width / SIZE;
+  const read = readSoFar(row), blue = !readsRows(); // scattered unread pixels: blank ones blue
   seen.forEach((pixels, r) => pixels.forEach((v, c) => {
-    const shade = r <= row ? v : Math.round(v * 0.35);
-    g.fillStyle = `rgb(${shade},${shade},${shade})`;
+    const shade = read[r * SIZE + c] ? v : Math.round(v * 0.35);
+    g.fillStyle = blue && !read[r * SIZE + c] && !v ? "rgb(28,34,72)" : `rgb(${shade},${shade},${shade})`;
     g.fillRect(c * cell, r * cell, cell, cell);
   }));
+  if (!readsRows()) return;
   g.fillStyle = "rgba(217,72,15,0.9)";
   g.fillRect(0, (row + 1) * cell - 1, canvas.width, 2);
 }
@@ -303,7 +335,7 @@ const READOUT_TOP = 16; // room for the digits above the columns
 // rows down, digits across: the chance of each digit after each row
 function drawReadout(readout, row) {
   const canvas = $("readout"), g = canvas.getContext("2d");
-  const w = canvas.width / CLASSES, h = (canvas.height - READOUT_TOP) / ROWS;
+  const w = canvas.width / CLASSES, h = (canvas.height - READOUT_TOP) / readout.length;
   g.clearRect(0, 0, canvas.width, canvas.height);
   g.fillStyle = "#1d2330";
   g.font = "12px system-ui, sans-serif";
@@ -350,7 +382,7 @@ function makeStatePictures(reading) {
     const figure = document.createElement("figure");
     const canvas = document.createElement("canvas");
     canvas.width = values[0].length * STATE_CELL.w;
-    canvas.height = STATE_TOP + ROWS * STATE_CELL.h;
+    canvas.height = STATE_TOP + SIZE * STATE_CELL.h; // as tall for any number of steps shown
     canvas.dataset.name = name;
     canvas.setAttribute("aria-label", `${name} of each unit shown, after each row`);
     const caption = document.createElement("figcaption");
@@ -372,12 +404,13 @@ function drawState(canvas, row) {
   digits.forEach((digit, k) => {
     if (k === 0 || digits[k - 1] !== digit) g.fillText(digit, k * STATE_CELL.w + 1, 12);
   });
+  const h = SIZE * STATE_CELL.h / values.length;
   values.forEach((units, r) => units.forEach((v, k) => {
     g.fillStyle = colour(v);
-    g.fillRect(k * STATE_CELL.w, STATE_TOP + r * STATE_CELL.h, STATE_CELL.w, STATE_CELL.h);
+    g.fillRect(k * STATE_CELL.w, STATE_TOP + r * h, STATE_CELL.w, h);
   }));
   g.fillStyle = "rgba(217,72,15,0.95)";
-  g.fillRect(0, STATE_TOP + (row + 1) * STATE_CELL.h - 1, canvas.width, 2);
+  g.fillRect(0, STATE_TOP + (row + 1) * h - 1, canvas.width, 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -388,4 +421,26 @@ fetch("/api/model").then((response) => response.json()).then((about) => {
   const tested = about.test_accuracy === null ? "not tested yet"
     : `test accuracy ${(100 * about.test_accuracy).toFixed(2)}%`;
   $("model").textContent = `model: ${about.model} (run ${about.run}, ${about.cell}, ${tested})`;
+  page.about = about;
+  if (!readsRows()) tellTheOrder(about);
 }).catch(() => { $("model").textContent = "the server did not answer"; });
+
+// A model that reads its pixels in another order: the page says so, and speaks of steps
+function tellTheOrder(about) {
+  const shown = Math.min(about.steps, SIZE);
+  $("reads").textContent = `This model reads the 784 pixels ${about.reads}. The pictures show its `
+    + `reading after ${shown === about.steps ? "each step" : `${shown} of its steps, evenly spaced`}; `
+    + "“What it sees” shows the pixels it has read by then, the others dimmed (blank ones dark blue).";
+  $("reads").hidden = false;
+  for (const heading of document.querySelectorAll("h1, h2")) {
+    heading.textContent = heading.textContent.replace("row by row", "step by step")
+      .replace("one row at a time", "step by step");
+  }
+  $("row-unit").textContent = "step";
+  $("reading-note").textContent = "The chance of each digit after the network has read the pixels "
+    + "of the steps down to the line: the first step at the top. Drag the slider to any step.";
+  $("state-note").textContent = "Each column is one unit of the LSTM: for every digit, the units "
+    + "whose output votes most for it, grouped under that digit. Each row of colour is the unit "
+    + "after a step shown, the first at the top. Gates run from closed (dark) to open (light); "
+    + "the state, squashed by tanh as the cell squashes it, from −1 (blue) to +1 (red).";
+}

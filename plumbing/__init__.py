@@ -6,6 +6,7 @@ concern. The script imports these; none of them imports the script.
     lazy_tensorflow  TensorFlow imported on first use and quietly; its log held back
     errors           what ends a command early: a user's mistake, a stop, a diverged loss
     mnist_files      the facts of MNIST, its files and the download; images to sequences
+    orders           a model's first layer for another reading order; how a model reads
     atomic           files written whole or not at all
     batches          batches made ahead in a thread, grouped into calls of the graph
     graphs           a model's traced functions, made once; prediction by batches

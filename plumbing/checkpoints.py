@@ -10,6 +10,7 @@ import tempfile
 
 from .errors import REASON_CHARS, UsageError
 from .lazy_tensorflow import tf
+from .orders import reading_fingerprint
 
 CHECKPOINTS_KEPT = 3  # the newest checkpoints of a run kept in its checkpoints/
 
@@ -30,10 +31,11 @@ def training_state(model):
     state.history = tf.Variable("[]")  # JSON list of the finished epochs' records
     state.epoch_timed = tf.Variable(tf.zeros(2, tf.float64))  # images, seconds of the current
     # epoch's training so far, across stops: its samples/s wherever it was resumed
+    state.reading = tf.Variable(reading_fingerprint(model))  # the order its pixels are read in
     return state
 
 
-LATER_STATE = ("epoch_timed",)  # parts of the state that older checkpoints do not hold
+LATER_STATE = ("epoch_timed", "reading")  # parts of the state that older checkpoints do not hold
 
 
 def checkpoint_manager(state, folder):
@@ -150,11 +152,12 @@ def restore(state, run_dir):
         return None
     state.optimizer.build(state.model.trainable_variables)  # so its slots exist to restore into
     held = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    into = state
-    if any(f"state/{name}/.ATTRIBUTES/VARIABLE_VALUE" not in held for name in LATER_STATE):
+    into, reads = state, state.reading.numpy()
+    missing = [name for name in LATER_STATE if f"state/{name}/.ATTRIBUTES/VARIABLE_VALUE" not in held]
+    if missing:
         into = tf.Module()  # a checkpoint of an earlier version: what it holds; the rest as made
         for name, part in vars(state).items():
-            if not name.startswith("_") and name not in LATER_STATE:
+            if not name.startswith("_") and name not in missing:
                 setattr(into, name, part)
     try:
         tf.train.Checkpoint(state=into).restore(prefix).assert_existing_objects_matched()
@@ -163,6 +166,10 @@ def restore(state, run_dir):
         raise UsageError(f"the checkpoint {os.path.basename(prefix)} in {run_dir} reads, but does not "
                          f"fit the model its config.json describes ({reason}); start a new run "
                          "instead") from None
+    if state.reading.numpy() != reads:
+        raise UsageError(f"the checkpoint {os.path.basename(prefix)} in {run_dir} was trained reading "
+                         f"{state.reading.numpy().decode()}, and its config.json says "
+                         f"{reads.decode()}; resume it as it was trained, or start a new run")
     return prefix
 
 

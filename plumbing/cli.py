@@ -12,6 +12,7 @@ from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SEC
 from .errors import EXIT_FAULT, EXIT_USAGE, Fault, Interrupted, UsageError
 from .lazy_tensorflow import INTRA_OP_THREADS
 from .mnist_files import MNIST_URL, TIMESTEPS
+from .orders import BIT_REVERSAL, ORDERS, PIXELS, STEPS_OF
 from .runs import DEFAULT_LOGDIR
 
 COMMANDS = ("train", "evaluate", "predict", "export", "serve")
@@ -81,6 +82,35 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
+    return value
+
+
+def pixels_per_step(text):
+    value = whole_number(1)(text)
+    if PIXELS % value:
+        raise argparse.ArgumentTypeError(f"{value} does not divide the {PIXELS} pixels into whole "
+                                         f"steps; choose one of {', '.join(map(str, STEPS_OF))}")
+    return value
+
+
+def permutation(text):
+    """A seed (a whole number, kept as its text) or bitrev."""
+    if text == BIT_REVERSAL:
+        return text
+    try:
+        return str(whole_number(0)(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a seed (a whole number) nor "
+                                         f"{BIT_REVERSAL}") from None
+
+
 NAME_BYTES = 255  # the longest name of a file or folder that Linux and macOS take
 
 
@@ -145,6 +175,19 @@ def add_recipe_arguments(parser, recipe, cells):
     data.add_argument("--max-train-samples", type=positive_int, metavar="N",
                       help="use only the first N training images (validation included), "
                            "for quick trials")
+    reading = parser.add_argument_group("how a digit is read (README: Other reading orders)")
+    reading.add_argument("--order", choices=ORDERS, default=recipe["order"],
+                         help="the order the 784 pixels are read in: row by row, column by column, "
+                              "or in one fixed scrambled order (--permutation)")
+    reading.add_argument("--pixels-per-step", type=pixels_per_step, default=recipe["pixels_per_step"],
+                         metavar="K", help="pixels of that order read at each step, a divisor of "
+                         "784: 28 with --order rows is a row a step; 1 is pixel by pixel (sMNIST, or "
+                         "psMNIST with --order permuted)")
+    reading.add_argument("--permutation", type=permutation, default=recipe["permutation"],
+                         metavar="SEED|bitrev", help="with --order permuted: the pixel read at "
+                         "place i is pixel p[i] (row * 28 + column), where p is "
+                         "numpy.random.default_rng(SEED).permutation(784); or bitrev: p is 0..1023 "
+                         "with their 10 bits reversed, those of 784 or more left out (as S4 does)")
     model = parser.add_argument_group("model")
     model.add_argument("--cell", choices=sorted(cells), default=recipe["cell"],
                        help="recurrent cell: lstm, or gru (fewer gates, slightly faster)")
@@ -162,6 +205,9 @@ def add_recipe_arguments(parser, recipe, cells):
                           help="Adam's starting learning rate")
     training.add_argument("--lr-schedule", choices=["cosine", "constant"], default=recipe["lr_schedule"],
                           help="cosine: decay the rate to zero over the run; constant: keep it")
+    training.add_argument("--clip-norm", type=non_negative_float, default=recipe["clip_norm"],
+                          metavar="C", help="scale the gradient (all weights' together) down to "
+                          "length C when it is longer (0: never); 1 is common for long sequences")
     training.add_argument("--seed", type=non_negative_int, default=recipe["seed"], metavar="N",
                           help="seed for weights and shuffling")
 
@@ -323,6 +369,9 @@ def parse(argv, recipe, cells):
     command, argv = split_command(argv)
     args = parser_of(command, recipe, cells).parse_args(argv)
     given = given_settings(argv, vars(args), recipe, cells) if command == "train" else {}
+    if "permutation" in given and args.resume is None and args.order != "permuted":
+        raise UsageError(f"--permutation {args.permutation} is for --order permuted (this run "
+                         f"reads {args.order}); add --order permuted, or leave --permutation out")
     return command, args, given
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from .metrics import confusion_matrix
 from .mnist_files import NUM_CLASSES
+from .orders import order_name, reading_of, reading_words, reads_plain_rows
 from .reading import UNITS_PER_DIGIT, how_it_reads, recurrent_layers
 
 CARD_INCHES = 3.5  # at 100 dpi, 350 pixels: how wide TensorBoard 2.21's Images and Time Series
@@ -72,8 +73,11 @@ def draw_mistakes(images, labels, predicted, confidence, title, columns=4):
     return figure_to_image(figure)
 
 
-def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, legend=None):
-    """Per digit: the image beside heat maps whose rows line up with the image's rows.
+def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, legend=None,
+              ends=("row 0", "row 27")):
+    """Per digit: the image beside heat maps whose rows line up with the image's rows (for a
+    model that reads in another order, the steps shown, top to bottom, `ends` naming the first
+    and the last).
 
     `panels` is a list of (name, values [N, T, K], column labels, colour map, range), laid
     out `panels_across` to a line beside the image (the next ones below, under it). Each
@@ -102,7 +106,8 @@ def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, lege
     # the image sits beside its row labels, narrower than its share of the width: 0.8
     figure = new_figure(CARD_INCHES, lines * (0.8 * strip_inches * (down + label_room) / across + 0.25)
                         + 0.6 + 0.12 * len(scales_of(panels)) + (0.5 if legend else 0))
-    figure.suptitle(title + ("\n" + textwrap.fill(legend, 70) if legend else ""), fontsize=6.5)
+    figure.suptitle(textwrap.fill(title, 75) + ("\n" + textwrap.fill(legend, 70) if legend else ""),
+                    fontsize=6.5)
     axes = np.atleast_1d(figure.subplots(lines, per_line)).reshape(-1)
     for i, ax in enumerate(axes):
         ax.axis("off")
@@ -112,6 +117,7 @@ def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, lege
         picture[:rows, :width] = images[i][..., None]
         for (name, values, labels, cmap, (low, high)), cell, (x, y) in zip(panels, cells, places):
             coloured = colormaps[cmap](np.clip((values[i] - low) / (high - low), 0, 1))[..., :3]
+            coloured = np.repeat(coloured, rows // len(coloured), axis=0)  # fewer steps: taller
             picture[y:y + rows, x:x + values.shape[2] * cell] = np.repeat(coloured, cell, axis=1)
         ax.imshow(picture, interpolation="nearest")
         named = len(panels) > 1 and i < per_line  # which panel is which, over the first line
@@ -123,13 +129,50 @@ def draw_rows(images, captions, panels, title, per_line=2, panels_across=1, lege
             if named:
                 ax.text(x + values.shape[2] * cell / 2, y - 0.8, name, ha="center", va="bottom",
                         fontsize=6.5)
-        ax.text(-1, 0, "row 0", ha="right", va="center", fontsize=5.5)
-        ax.text(-1, rows - 1, f"row {rows - 1}", ha="right", va="center", fontsize=5.5)
+        ax.text(-1, 0, ends[0], ha="right", va="center", fontsize=5.5)
+        ax.text(-1, rows - 1, ends[1], ha="right", va="center", fontsize=5.5)
     for (cmap, (low, high)), named in scales_of(panels).items():
         bar = figure.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=axes.tolist(),
                               location="bottom", fraction=0.03, aspect=30, pad=0.01)
         bar.set_label(", ".join(named), fontsize=7)
         bar.ax.tick_params(labelsize=6.5)
+    return figure_to_image(figure)
+
+
+def shown_words(steps):
+    """Which steps a picture shows, in words: all, or every k-th."""
+    if steps[-1] == len(steps):
+        return "every step shown"
+    if steps[-1] % len(steps) == 0:
+        k = steps[-1] // len(steps)
+        return f"after every {k}{'nd' if k % 10 == 2 and k != 12 else 'th'} step"  # k is 2 or more
+    return f"{len(steps)} of them shown, evenly spaced"
+
+
+SEEN_DIGITS = 3  # digits in the picture of the pixels read so far
+SEEN_SNAPSHOTS = 7  # moments of the reading shown for each
+
+
+def draw_seen(images, order, pixels_per_step, steps, title):
+    """For each digit, the image after several of the steps shown, its unread pixels blank:
+    for a permuted model, the image filling in in its scrambled order."""
+    moments = steps[np.linspace(0, len(steps) - 1, min(SEEN_SNAPSHOTS, len(steps))).round().astype(int)]
+    size, gap, top = images.shape[1], 2, 9
+    mosaic = np.ones((len(images) * (size + top), len(moments) * (size + gap), 3))
+    figure = new_figure(CARD_INCHES, CARD_INCHES * mosaic.shape[0] / mosaic.shape[1] + 0.5)
+    ax = figure.add_subplot()
+    for i, image in enumerate(images):
+        for k, step in enumerate(moments):
+            read = np.zeros(image.size, bool)
+            read[order[:step * pixels_per_step]] = True
+            shown = np.where(read[:, None], image.reshape(-1, 1), [[0.12, 0.16, 0.42]])  # unread: blue
+            y, x = i * (size + top) + top, k * (size + gap)
+            mosaic[y:y + size, x:x + size] = shown.reshape(size, size, 3)
+            if i == 0:
+                ax.text(x + size / 2, top - 1.5, f"step {step}", ha="center", va="bottom", fontsize=6.5)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(textwrap.fill(title, 70), fontsize=7)
     return figure_to_image(figure)
 
 
@@ -160,20 +203,32 @@ def epoch_pictures(model, x_val, y_val, probabilities, epoch):
     captions = [f"a {label}, read as {guess} ({p:.0%})" for label, guess, p in
                 zip(labels, predicted[shown], probabilities[shown].max(axis=1))]
     reading = how_it_reads(model, images)
+    order, pixels_per_step = reading_of(model)
+    plain, steps = reads_plain_rows(order_name(order), pixels_per_step), reading["steps"]
+    # a model that reads in another order: its steps shown top to bottom, and said which
+    along, ends = ("row by row", ("row 0", "row 27")) if plain else (
+        f"step by step ({reading_words(order, pixels_per_step)}; {shown_words(steps)})",
+        (f"step {steps[0]}", f"step {steps[-1]}"))
+    after = "row" if plain else "step shown"
     pictures["how_it_reads/prediction_row_by_row"] = draw_rows(
         images, captions,
-        [("P(digit) after each row", reading["readout"], list(range(NUM_CLASSES)), "viridis", (0, 1))],
-        f"epoch {epoch}: the prediction forming as the rows are read, top to bottom")
+        [(f"P(digit) after each {after}", reading["readout"], list(range(NUM_CLASSES)), "viridis", (0, 1))],
+        f"epoch {epoch}: the prediction forming as the digit is read, {along}", ends=ends)
     first_of_group = np.r_[True, reading["unit_digits"][1:] != reading["unit_digits"][:-1]]
     labels = [str(d) if first else "" for d, first in zip(reading["unit_digits"], first_of_group)]
     pictures["how_it_reads/units_row_by_row"] = draw_rows(
         images, captions,
         [(name, values, labels, "magma" if "gate" in name else "RdBu_r",
           (0, 1) if "gate" in name else (-1, 1)) for name, values in reading["state"].items()],
-        f"epoch {epoch}: inside the last {type(recurrent_layers(model)[-1]).__name__} layer, "
-        "row by row", per_line=1, panels_across=2, legend=(
+        f"epoch {epoch}: inside the last {type(recurrent_layers(model)[-1]).__name__} layer, {along}",
+        per_line=1, panels_across=2, ends=ends, legend=(
             f"A column is one unit: for each digit the {UNITS_PER_DIGIT} that vote most for it, "
-            "under it. A row is the unit after reading that row of the image. Gates run from "
+            f"under it. A row is the unit after reading that {after} of the image. Gates run from "
             "0, closed (dark), to 1, open (light); the state, squashed by tanh, from -1 (blue) "
             "to +1 (red)."))
+    if not plain:
+        pictures["how_it_reads/pixels_seen"] = draw_seen(
+            images[:SEEN_DIGITS], order, pixels_per_step, steps,
+            f"epoch {epoch}: the pixels read by each step shown ({reading_words(order, pixels_per_step)}); "
+            "those still unread dark blue")
     return pictures  # tags named so that TensorBoard, sorting them by name, shows the reading first

@@ -1,10 +1,12 @@
 """How the network reads a digit, for TensorBoard's pictures and the page: the head's
-answer after every row, and the gates and state of chosen units, row by row."""
+answer after every step (a row, or K pixels of its order), and the gates and state of
+chosen units, step by step; of a long sequence, 28 of its steps."""
 
 import numpy as np
 
 from .graphs import rows_spec, traced_once
 from .lazy_tensorflow import keras, tf
+from .orders import reading_of, sequences_of
 
 
 def recurrent_layers(model):
@@ -29,8 +31,8 @@ def readout_model(model):
 
 
 def unit_trace(model, x):
-    """Per unit and row, the gates and state of the last recurrent layer: {name: [N, T, units]},
-    and that layer's output after the last step, [N, units].
+    """Per unit and step, the gates and state of the last recurrent layer, for images x
+    [N, 28, 28]: {name: [N, T, units]}, and that layer's output after the last step, [N, units].
 
     Keras does not expose the gates, so the cell is run again here in NumPy from the
     layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
@@ -39,8 +41,10 @@ def unit_trace(model, x):
     """
     recurrent = recurrent_layers(model)
     layer = recurrent[-1]
-    if len(recurrent) > 1:  # the last layer reads the rows as the layer below it gives them
+    if len(recurrent) > 1:  # the last layer reads the steps as the layer below it gives them
         x = np.asarray(keras.Model(model.inputs[0], recurrent[-2].output)(x))
+    else:  # the steps in the model's order
+        x = sequences_of(model, x)
     kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
     units = recurrent_kernel.shape[0]
     h = np.zeros((len(x), units), np.float32)
@@ -89,17 +93,30 @@ def voting_units(model, per_digit=UNITS_PER_DIGIT):
     return top.T.reshape(-1), np.repeat(np.arange(kernel.shape[1]), len(top))
 
 
+SHOWN_STEPS = 28  # steps shown of a sequence, at most: all of a short one
+
+
+def shown_steps(steps, most=SHOWN_STEPS):
+    """Which steps (from 0) the pictures and the page show of a sequence of `steps`: all of
+    up to 28; of a longer one, 28 evenly spaced, the last among them. For 784 steps of one
+    pixel, the 28th, the 56th...: the end of each row's 28 pixels, in the model's order."""
+    if steps <= most:
+        return np.arange(steps)
+    return np.arange(1, most + 1) * steps // most - 1
+
+
 def how_it_reads(model, x):
-    """What the pictures and the page show of digits x [N, rows, pixels] in [0, 1]:
-    "readout", the class probabilities after each row [N, T, classes]; "state", the shown
-    units' gates and state after each row, {name: [N, T, K]}; "units" and "unit_digits",
-    which units those are and the digit each votes for."""
+    """What the pictures and the page show of digits x [N, 28, 28] in [0, 1], at the steps
+    shown: "readout", the class probabilities after each [N, S, classes]; "state", the shown
+    units' gates and state after each, {name: [N, S, K]}; "steps", which steps those are
+    (from 1); "units" and "unit_digits", which units are shown and the digit each votes for."""
     readout = traced_once(model, "readout", lambda: traced_readout(model))
     trace, _ = unit_trace(model, x)
     units, digits = voting_units(model)
-    return {"readout": readout(np.asarray(x, np.float32)).numpy(),
-            "state": {name: values[..., units] for name, values in trace.items()},
-            "units": units, "unit_digits": digits}
+    steps = shown_steps(len(reading_of(model)[0]) // reading_of(model)[1])
+    return {"readout": readout(np.asarray(x, np.float32)).numpy()[:, steps],
+            "state": {name: values[:, steps][..., units] for name, values in trace.items()},
+            "steps": steps + 1, "units": units, "unit_digits": digits}
 
 
 def traced_readout(model):

@@ -33,8 +33,10 @@ MODEL_FILE = "model.keras"  # in each run folder: the best model by validation a
 RESUMABLE_SETTINGS = {"epochs", "checkpoint_every", "log_every", "figures_every", "logdir",
                       "resume", "intra_op_threads", "inter_op_threads", "distribute",
                       "cpu_replicas", "steps_per_execution", "worker_wait"}
+LATER_SETTINGS = {"order": "rows", "pixels_per_step": 28, "permutation": None, "clip_norm": 0.0}
+# what a run recorded before these settings were made had: its config.json does not name them
 SESSION_SETTINGS = {"quiet", "verbose"}  # this command's own, never taken from the run
-MODEL_SHAPE_SETTINGS = ("cell", "units", "layers")
+MODEL_SHAPE_SETTINGS = ("cell", "units", "layers", "order", "pixels_per_step", "permutation")
 
 
 # ----------------------------------------------------------------------------
@@ -135,13 +137,21 @@ def run_folder(settings, run_dir, fresh, named, chief):
 def settings_of_run(args, given):
     """The run's settings and folder: a new run's, or those of the run to resume."""
     if args.resume is not None:
-        return resumed_settings(args, given)
-    settings = argparse.Namespace(**vars(args))
+        settings, run_dir = resumed_settings(args, given)
+        return permuted_only(settings), run_dir
+    settings = permuted_only(argparse.Namespace(**vars(args)))
     settings.run_name = args.run_name or dated_name(
         args.logdir, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = os.path.join(args.logdir, settings.run_name)
     refuse_used_run_dir(run_dir)  # now, before the data is loaded; again when it is made
     return settings, run_dir
+
+
+def permuted_only(settings):
+    """A permutation is recorded only for a run that reads its pixels permuted."""
+    if getattr(settings, "order", "rows") != "permuted":
+        settings.permutation = None
+    return settings
 
 
 def run_config(settings, run_dir, model, strategy_name, strategy, worker, images):
@@ -213,15 +223,16 @@ def resumed_settings(args, given):
     run_dir = os.path.join(args.logdir, name)
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         raise UsageError(f"{run_dir} holds no run to resume (no config.json); start a new run instead")
-    config = recorded_config(os.path.join(run_dir, "config.json"), args)
+    config = dict(LATER_SETTINGS, **recorded_config(os.path.join(run_dir, "config.json"), args))
     if "run_name" in given:
         raise UsageError("give the run to resume as --resume NAME, not with --run-name")
     for key in sorted(set(given) - RESUMABLE_SETTINGS - SESSION_SETTINGS):
         if given[key] != config.get(key):
             flag = "--" + key.replace("_", "-")
             if key in MODEL_SHAPE_SETTINGS:
+                was = "none" if config.get(key) is None else config.get(key)
                 raise UsageError(f"{flag} {given[key]} would change the model of run {name} "
-                                 f"({config.get(key)}); start a new run to change it")
+                                 f"({was}); start a new run to change it")
             raise UsageError(f"{flag} cannot change when resuming (run {name} used "
                              f"{config.get(key)}); start a new run to change it")
     settings = argparse.Namespace(**{key: config.get(key, value) for key, value in vars(args).items()})

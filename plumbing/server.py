@@ -23,6 +23,7 @@ from .errors import UsageError
 from .lazy_tensorflow import configure_tensorflow, quiet_tensorflow
 from .mnist_files import as_sequences
 from .pictures import decode_picture, to_mnist_form
+from .orders import order_name, reading_of, reading_words
 from .reading import how_it_reads, recurrent_layers, voting_units
 from .using import load_trained_model, model_line, tested_accuracy
 
@@ -48,10 +49,13 @@ class Reader:
         self.model, self.lock = model, threading.Lock()
         units, digits = voting_units(model)
         run_dir = os.path.dirname(path)
+        order, pixels_per_step = reading_of(model)
         self.about = {"model": path, "run": os.path.basename(run_dir),
                       "test_accuracy": tested_accuracy(run_dir),
                       "cell": type(recurrent_layers(model)[-1]).__name__, "units": units.tolist(),
-                      "unit_digits": digits.tolist()}
+                      "unit_digits": digits.tolist(), "reads": reading_words(order, pixels_per_step),
+                      "order": order_name(order), "pixels_per_step": pixels_per_step,
+                      "steps": len(order) // pixels_per_step, "pixel_order": order.tolist()}
         how_it_reads(model, np.zeros((1, *model.input_shape[1:]), np.float32))  # traced now, so
         # the first drawing is answered as fast as the others
 
@@ -66,7 +70,7 @@ class Reader:
             reading = how_it_reads(self.model, as_sequences(seen[None]))
         readout = reading["readout"][0]
         return {"digit": int(readout[-1].argmax()), "probabilities": rounded(readout[-1]),
-                "readout": rounded(readout), "seen": seen.tolist(),
+                "readout": rounded(readout), "steps": reading["steps"].tolist(), "seen": seen.tolist(),
                 "state": {name: rounded(values[0]) for name, values in reading["state"].items()},
                 "units": reading["units"].tolist(), "unit_digits": reading["unit_digits"].tolist()}
 

@@ -56,7 +56,8 @@ def log_run_start(summaries, model, config, hparams_keys):
     rows = [[f"`{key}`", f"`{value}`"] for key, value in config.items()]
     with summaries.writers[""].as_default():
         tf.summary.text("config", markdown_table(["setting", "value"], rows), step=0)
-        hparams.hparams({key: config[key] for key in hparams_keys}, trial_id=config["run_name"])
+        hparams.hparams({key: "none" if config[key] is None else config[key] for key in hparams_keys},
+                        trial_id=config["run_name"])  # None (no permutation): HParams takes no None
     summaries.writers[""].flush()
 
 

@@ -82,6 +82,22 @@ def trained(tmp_path_factory):
             "model": str(folder / "runs" / "r" / "model.keras")}
 
 
+@pytest.fixture(scope="session")
+def trained_permuted(tmp_path_factory):
+    """A tiny model trained on synthetic digits read in a fixed scrambled order, 7 pixels a step:
+    112 steps, past the length unrolled, so its layer runs TensorFlow's loop."""
+    folder = tmp_path_factory.mktemp("permuted")
+    data = folder / "tiny.npz"
+    np.savez(data, **synthetic_mnist())
+    import rnn_mnist
+    rnn_mnist.main(["--data", str(data), "--epochs", "1", "--batch-size", "32", "--units", "8",
+                    "--validation-size", "40", "--logdir", str(folder / "runs"), "--run-name", "p",
+                    "--order", "permuted", "--pixels-per-step", "7", "--permutation", "3",
+                    "--clip-norm", "1", "--quiet"])
+    return {"data": str(data), "logdir": str(folder / "runs"), "run": str(folder / "runs" / "p"),
+            "model": str(folder / "runs" / "p" / "model.keras")}
+
+
 def write_picture(path, pixels):
     import tensorflow as tf
     encode = tf.io.encode_jpeg if str(path).endswith(".jpg") else tf.io.encode_png

@@ -90,6 +90,14 @@ BAD_SETTINGS = [
     (["--run-name", ".."], "--run-name: '..' must be a plain folder name"),
     (["--validation-size", "240"], "--validation-size 240 leaves no training images"),
     (["--batch-size", "500"], "--batch-size 500 is larger than the 200 training images"),
+    (["--pixels-per-step", "5"], "--pixels-per-step: 5 does not divide the 784 pixels into whole "
+                                 "steps; choose one of 1, 2, 4, 7, 8, 14, 16, 28, 49, 56, 98, 112, 196, 392, 784"),
+    (["--permutation", "3"], "--permutation 3 is for --order permuted (this run reads rows); add "
+                             "--order permuted, or leave --permutation out"),
+    (["--order", "permuted", "--permutation", "x"], "--permutation: 'x' is neither a seed (a whole "
+                                                    "number) nor bitrev"),
+    (["--order", "spiral"], "--order: invalid choice: 'spiral'"),
+    (["--clip-norm", "-1"], "--clip-norm: -1 must be 0 or a positive number"),
 ]
 
 

@@ -142,3 +142,36 @@ def test_a_picture_that_is_not_a_digit_is_answered_on_the_page(browser, page_url
     assert browser.find_element(By.ID, "status").text == \
         "the picture is not a PNG, JPEG, BMP or GIF image; give a picture of a digit"
     assert browser.find_element(By.ID, "answer").text == "–"
+
+
+UNREAD_BLUE = """
+const g = arguments[0].getContext('2d'), data = g.getImageData(0, 0, arguments[0].width, arguments[0].height).data;
+let blue = 0;
+for (let i = 0; i < data.length; i += 4) if (data[i] === 28 && data[i + 1] === 34 && data[i + 2] === 72) blue++;
+return blue;
+"""
+
+
+def test_a_permuted_model_is_shown_step_by_step_its_image_filling_in(browser, trained_permuted):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    server, address = serve_in_thread(trained_permuted["model"])
+    try:
+        browser.get(f"http://{address}/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "reads").is_displayed())
+        assert "permuted, 7 pixels a step (112 steps)" in browser.find_element(By.ID, "reads").text
+        assert "step by step" in browser.find_element(By.CSS_SELECTOR, "#reading-panel h2").text
+        draw(browser, SEVEN)
+        wait_for_answer(browser, 1)
+        assert "step" in browser.find_element(By.ID, "story").text
+        seen, unread = browser.find_element(By.ID, "seen"), []
+        for row, label in ((5, "24 of 112"), (27, "112 of 112")):  # every 4th of 112 steps shown
+            browser.execute_script("""const row = document.getElementById('row');
+                row.value = arguments[0]; row.dispatchEvent(new Event('input'));""", row)
+            assert browser.find_element(By.ID, "row-label").text == label
+            unread.append(browser.execute_script(UNREAD_BLUE, seen))
+        # after 24 of 112 steps most blank pixels are still unread, scattered; at the end none
+        assert unread[0] > 0.5 * 168 * 168 and unread[1] == 0
+    finally:
+        server.shutdown()
+        server.server_close()
