@@ -202,7 +202,14 @@ def epoch_pictures(model, x_val, y_val, probabilities, epoch):
     images, labels = x_val[shown], y_val[shown]
     captions = [f"a {label}, read as {guess} ({p:.0%})" for label, guess, p in
                 zip(labels, predicted[shown], probabilities[shown].max(axis=1))]
-    reading = how_it_reads(model, images)
+    pictures.update(reading_pictures(model, images, captions, epoch))
+    return pictures  # tags named so that TensorBoard, sorting them by name, shows the reading first
+
+
+def reading_pictures(model, images, captions, epoch):
+    """How the model reads these digits: its prediction and its units after each row (or step
+    shown), and for a model that reads in another order, the pixels it has read so far."""
+    pictures, reading = {}, how_it_reads(model, images)
     order, pixels_per_step = reading_of(model)
     plain, steps = reads_plain_rows(order_name(order), pixels_per_step), reading["steps"]
     # a model that reads in another order: its steps shown top to bottom, and said which
@@ -231,4 +238,4 @@ def epoch_pictures(model, x_val, y_val, probabilities, epoch):
             images[:SEEN_DIGITS], order, pixels_per_step, steps,
             f"epoch {epoch}: the pixels read by each step shown ({reading_words(order, pixels_per_step)}); "
             "those still unread dark blue")
-    return pictures  # tags named so that TensorBoard, sorting them by name, shows the reading first
+    return pictures
