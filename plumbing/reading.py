@@ -113,7 +113,8 @@ def how_it_reads(model, x):
     readout = traced_once(model, "readout", lambda: traced_readout(model))
     trace, _ = unit_trace(model, x)
     units, digits = voting_units(model)
-    steps = shown_steps(len(reading_of(model)[0]) // reading_of(model)[1])
+    order, pixels_per_step = reading_of(model)
+    steps = shown_steps(len(order) // pixels_per_step)
     return {"readout": readout(np.asarray(x, np.float32)).numpy()[:, steps],
             "state": {name: values[:, steps][..., units] for name, values in trace.items()},
             "steps": steps + 1, "units": units, "unit_digits": digits}

@@ -33,7 +33,7 @@ def write_idx(path, array, gz=False):
     """Write `array` as an IDX file: magic (0x0000 08 ndim), big-endian sizes, raw bytes."""
     header = (0x0800 | array.ndim).to_bytes(4, "big")
     header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if gz else open
+    opener = (lambda p, mode: gzip.open(p, mode, compresslevel=1)) if gz else open  # level 1: fast
     with opener(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
