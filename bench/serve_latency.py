@@ -96,17 +96,17 @@ def main():
     lazy_tensorflow.quiet_tensorflow(verbose=False)
     lazy_tensorflow.configure_tensorflow()
     model, path = using.load_trained_model(args.model)
-    server = server.page_server(server.Reader(model, path), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    address = f"127.0.0.1:{server.server_address[1]}"
+    page = server.page_server(server.Reader(model, path), "127.0.0.1", 0)
+    threading.Thread(target=page.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{page.server_address[1]}"
     try:
         results = {"model": path, "api_read": summary(api_latencies(address, drawn_pictures(
             args.data, args.requests)))}
         if args.strokes:
             results["page_stroke_to_answer"] = summary(page_latencies(f"http://{address}/", args.strokes))
     finally:
-        server.shutdown()
-        server.server_close()
+        page.shutdown()
+        page.server_close()
     print(json.dumps(results))
 
 
