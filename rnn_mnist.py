@@ -147,9 +147,9 @@ def make_model(input_shape, num_classes=NUM_CLASSES, cell="lstm", units=128, lay
     that takes the image's pixels in that order, K a step. On a CPU the layers are unrolled
     over the steps: the same cell and the same backpropagation through time, but one graph
     with no loop, which trains faster than TensorFlow's while loop at 28 steps (bench/README.md)
-    and exports to TFLite as is. Not past orders.UNROLL_MAX_STEPS (56): measured on 2 cores, unrolled is
-    13% faster at 49 steps, no faster at 112, and 7 times slower to build (a graph of 784
-    copies would be out of reach). On a GPU (`unroll=False`), the layers meet Keras's
+    and exports to TFLite as is. Not past orders.UNROLL_MAX_STEPS (56): measured on 2 cores,
+    unrolled is 13% faster at 49 steps, no faster at 112, and slower to build the longer it is
+    (4.4 s at 112 steps, 11 s at 196, against 0.6 s for the loop). On a GPU (`unroll=False`), the layers meet Keras's
     conditions for the fused cuDNN kernel: no unrolling, the default activations, no
     recurrent dropout.
     """

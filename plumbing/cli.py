@@ -72,24 +72,20 @@ def whole_number(minimum):
 positive_int, non_negative_int = whole_number(1), whole_number(0)
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
+def finite_number(zero_too):
+    """An argparse type: a finite number above 0 (or from 0, if `zero_too`); not nan."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not (value >= 0 if zero_too else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be {'0 or ' if zero_too else ''}a positive number")
+        return value
+    return parse
 
 
-def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or a positive number")
-    return value
+positive_float, non_negative_float = finite_number(zero_too=False), finite_number(zero_too=True)
 
 
 def pixels_per_step(text):

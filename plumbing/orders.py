@@ -76,21 +76,23 @@ def reorder_layer(order, pixels_per_step):
     return reading_order_layer()(order, pixels_per_step, name="reading_order")
 
 
+def reading_layer(model):
+    """The model's ReadingOrder layer, or None for a model that reads row by row, a row a step."""
+    return next((layer for layer in model.layers if isinstance(layer, reading_order_layer())), None)
+
+
 def reading_of(model):
-    """(the pixel order [784], pixels per step) a model reads in: its ReadingOrder layer's,
-    or row by row, a row a step, for a model without one."""
-    for layer in model.layers:
-        if isinstance(layer, reading_order_layer()):
-            return np.array(layer.order, np.int32), layer.pixels_per_step
-    return np.arange(PIXELS, dtype=np.int32), FEATURES
+    """(the pixel order [784], pixels per step) a model reads in."""
+    layer = reading_layer(model)
+    if layer is None:
+        return np.arange(PIXELS, dtype=np.int32), FEATURES
+    return np.array(layer.order, np.int32), layer.pixels_per_step
 
 
 def sequences_of(model, x):
     """The sequences [N, T, K] the recurrent layers of `model` read, from images x [N, 28, 28]."""
-    for layer in model.layers:
-        if isinstance(layer, reading_order_layer()):
-            return np.asarray(layer(np.asarray(x, np.float32)))
-    return np.asarray(x, np.float32)
+    layer, x = reading_layer(model), np.asarray(x, np.float32)
+    return x if layer is None else np.asarray(layer(x))
 
 
 def reading_fingerprint(model):

@@ -149,7 +149,7 @@ def settings_of_run(args, given):
 
 def permuted_only(settings):
     """A permutation is recorded only for a run that reads its pixels permuted."""
-    if getattr(settings, "order", "rows") != "permuted":
+    if settings.order != "permuted":
         settings.permutation = None
     return settings
 
