@@ -251,13 +251,13 @@ class Training:
     worker that is not the chief).
     """
 
-    def __init__(self, state, train_data, val_data, settings, run_dir, summaries, quiet,
-                 strategy, worker):
+    def __init__(self, state, train_data, val_data, settings, run_dir, summaries, quiet, placement):
         self.state, self.settings, self.summaries = state, settings, summaries
+        worker = placement.worker
         self.chief, self.alone = worker.chief, worker.count == 1
         (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
         self.model = state.model
-        self.train_step = training_step(self.model, strategy, settings.steps_per_execution,
+        self.train_step = training_step(self.model, placement.strategy, settings.steps_per_execution,
                                         settings.clip_norm)
         self.steps_per_epoch = batches_in(len(self.x), settings.batch_size)
         self.model_path = os.path.join(run_dir, runs.MODEL_FILE)
@@ -436,7 +436,7 @@ def run(args, given):
     """
     settings, run_dir = runs.settings_of_run(args, given)
     tf_config = os.environ.get("TF_CONFIG") if settings.distribute in ("auto", "multi-worker") else None
-    worker = distribute.placement(settings.distribute, 0, tf_config)[1]  # TF_CONFIG checked first
+    worker = distribute.this_worker(settings.distribute, tf_config)  # TF_CONFIG checked first
     x_train, y_train, x_test, y_test = load_mnist(settings.data, url=settings.download_url)
     if settings.max_train_samples:
         x_train, y_train = x_train[:settings.max_train_samples], y_train[:settings.max_train_samples]
@@ -448,24 +448,24 @@ def run(args, given):
 
     with distribute.cluster_forming(worker, tf_config, settings.worker_wait):
         quiet_tensorflow(settings.verbose)
-        where, worker, on_cpu = distribute.placement(
-            settings.distribute, len(tf.config.list_physical_devices("GPU")), tf_config)
-        strategy = distribute.start_strategy(settings, where, on_cpu)
+        placement = distribute.placed(settings, worker, tf_config)  # strategy, device, replicas, threads
         if worker.count > 1:
-            settings, run_dir = runs.agreed_run(strategy, worker, settings, run_dir, args, given)
+            settings, run_dir = runs.agreed_run(placement.strategy, worker, settings, run_dir, args, given)
     # The run folder is this process's alone while it runs; a full disk, a folder that cannot be
     # written, or a stop outside the training loop, ends the run in one line that says what was kept.
     with runs.run_folder(settings, run_dir, fresh=args.resume is None, named=args.run_name is not None,
                          chief=worker.chief) as (settings, run_dir), \
             faults.said_in_one_line(settings, run_dir):
-        return train_and_test(settings, run_dir, args.resume is not None, strategy, where, on_cpu,
-                              worker, (x_train, y_train), (as_sequences(x_test), y_test))
+        return train_and_test(settings, run_dir, args.resume is not None, placement,
+                              (x_train, y_train), (as_sequences(x_test), y_test))
 
 
-def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker, train, test):
+def train_and_test(settings, run_dir, resuming, placement, train, test):
     """Build the model (or restore it from the run's checkpoint), train it, and test it."""
-    with strategy.scope():
-        model, train_data, val_data = prepare_training(settings, *train, unroll=on_cpu)
+    worker = placement.worker
+    with placement.strategy.scope():
+        model, train_data, val_data = prepare_training(settings, *train,
+                                                       unroll=placement.device == "cpu")
     state = checkpoints.training_state(model)
     if resuming:
         runs.resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
@@ -473,7 +473,7 @@ def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker,
         print(f"worker {worker.index} of {worker.count}: training; worker 0, the chief, shows the "
               "progress", flush=True)
     if worker.chief:  # the chief writes the run folder
-        config = runs.run_config(settings, run_dir, model, where, strategy, worker, images={
+        config = runs.run_config(settings, run_dir, model, placement, images={
             "train": len(train_data[0]), "validation": len(val_data[0]), "test": len(test[0])})
         write_json(os.path.join(run_dir, "config.json"), config)
     summaries = SummaryBuffer(run_dir) if worker.chief else None
@@ -481,7 +481,7 @@ def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker,
         log_run_start(summaries, model, config, RECIPE)
     try:
         history = Training(state, train_data, val_data, settings, run_dir, summaries,
-                           settings.quiet, strategy, worker).fit()
+                           settings.quiet, placement).fit()
     except (Interrupted, Diverged, *distribute.worker_lost_errors(worker)) as stop:
         runs.report_stop(stop, state, settings, run_dir, worker)
     finally:
@@ -491,10 +491,13 @@ def train_and_test(settings, run_dir, resuming, strategy, where, on_cpu, worker,
         print(distribute.finished_line(worker, model), flush=True)
     if not worker.chief:
         return {"worker": worker.index, "weights_fingerprint": distribute.weights_fingerprint(model)}
-    return test_and_record(state, history, settings, run_dir, *test, len(val_data[0]))
+    metrics = test_and_record(state, history, run_dir, *test, len(val_data[0]))
+    if not settings.quiet:
+        print_summary(metrics, run_dir, settings.logdir, placement)
+    return metrics
 
 
-def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
+def test_and_record(state, history, run_dir, x_test, y_test, n_val):
     """Test the best epoch's model once, write metrics.json and the test summaries; the metrics."""
     best = using.load_trained_model(os.path.join(run_dir, runs.MODEL_FILE))[0]
     probabilities = predict(best, x_test)
@@ -513,17 +516,16 @@ def test_and_record(state, history, settings, run_dir, x_test, y_test, n_val):
         "history": history,
     }
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    if not settings.quiet:
-        print_summary(metrics, run_dir, settings.logdir)
     return metrics
 
 
-def print_summary(metrics, run_dir, logdir):
+def print_summary(metrics, run_dir, logdir, placement):
     print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
           f"{metrics['test_images']:,} images)")
     epochs = f"{metrics['epochs']} epoch" + ("s" if metrics["epochs"] != 1 else "")
-    speed = f" ({metrics['samples_per_second']:,.0f} samples/s)" if metrics["samples_per_second"] else ""
-    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s{speed}; best epoch {metrics['best_epoch']}")
+    speed = f"{metrics['samples_per_second']:,.0f} samples/s, " if metrics["samples_per_second"] else ""
+    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s ({speed}{placement.words()}); "
+          f"best epoch {metrics['best_epoch']}")
     print(f"run saved in {run_dir}  ({runs.MODEL_FILE}, config.json, metrics.json, TensorBoard logs)")
     print(f"view it with: tensorboard --logdir {logdir}")
 

@@ -67,8 +67,9 @@ def prepared(settings, strategy, mnist):
 
 
 def throughput(settings, strategy, mnist, warmup=30, timed=300):
-    """Training samples/s of the real training step, after warm-up (all replicas together),
-    called as training calls it: `--steps-per-execution` steps at a time."""
+    """(Training samples/s of the real training step, after warm-up (all replicas together),
+    called as training calls it: `--steps-per-execution` steps at a time; the seconds of its
+    first call, which builds the graph)."""
     model, (x, y), _, _ = prepared(settings, strategy, mnist)
     step = rnn_mnist.training_step(model, strategy, settings.steps_per_execution)
     chunks = batches.prefetched(batches.chunked(  # epoch after epoch, for as many steps as asked
@@ -85,16 +86,19 @@ def throughput(settings, strategy, mnist, warmup=30, timed=300):
         assert np.all(np.isfinite(losses))
         return seen
 
+    started = time.perf_counter()
+    train(1)  # the first call: the graph traced and built, then its steps
+    first_call = time.perf_counter() - started
     train(warmup)
     started = time.perf_counter()
     seen = train(timed)
-    return seen / (time.perf_counter() - started)
+    return seen / (time.perf_counter() - started), first_call
 
 
-def time_to_accuracy(settings, strategy, worker, mnist):
+def time_to_accuracy(settings, where, mnist):
     """Train with `settings`, testing after each epoch: (the epochs' training seconds and test
     accuracy, prediction images/s)."""
-    model, train_data, val_data, (x_test, y_test) = prepared(settings, strategy, mnist)
+    model, train_data, val_data, (x_test, y_test) = prepared(settings, where.strategy, mnist)
     state = checkpoints.training_state(model)
     curve = []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -103,7 +107,7 @@ def time_to_accuracy(settings, strategy, worker, mnist):
         for epoch in range(1, target_epochs + 1):
             settings.epochs = epoch
             rnn_mnist.Training(state, train_data, val_data, settings, run_dir, buffer, True,
-                               strategy, worker).fit()
+                               where).fit()
             accuracy = metrics.evaluate(model, x_test, y_test)["accuracy"]
             seconds = float(state.train_seconds.numpy())
             curve.append({"epoch": epoch, "train_seconds": round(seconds, 1),
@@ -154,10 +158,10 @@ def run_record(seed, curve, **more):
             "final_test_accuracy": curve[-1]["test_accuracy"], "curve": curve}
 
 
-def our_run(settings, strategy, worker, mnist, seed):
+def our_run(settings, where, mnist, seed):
     """One time-to-accuracy run of rnn_mnist with `seed`; prediction images/s after it."""
     settings.seed = seed
-    curve, predict_rate = time_to_accuracy(settings, strategy, worker, mnist)
+    curve, predict_rate = time_to_accuracy(settings, where, mnist)
     return run_record(seed, curve), predict_rate
 
 
@@ -180,7 +184,7 @@ def torch_run(args, settings, batch_size, learning_rate, seed):
                       samples_per_second=epochs[-1]["samples_per_s"])
 
 
-def time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds):
+def time_to_accuracy_sitting(args, settings, where, mnist, seeds):
     """rnn_mnist's runs and the PyTorch peer's (when asked), seed after seed, so that the
     machine's slow minutes fall on both alike: (our runs, the peer's per batch and rate,
     prediction images/s)."""
@@ -188,7 +192,7 @@ def time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds):
     theirs = {recipe: [] for recipe in [(settings.batch_size, settings.learning_rate), *args.torch_batch]}
     ours, predict_rate = [], None
     for seed in seeds:
-        run, predict_rate = our_run(settings, strategy, worker, mnist, seed)
+        run, predict_rate = our_run(settings, where, mnist, seed)
         ours.append(run)
         if args.torch_python:
             for batch_size, rate in theirs:
@@ -228,22 +232,22 @@ def main(argv=None):
 
     settings = default_settings(args.data, args.epochs, flags)
     seeds = args.seeds or [settings.seed]
-    where, worker, on_cpu = distribute.placement(
-        settings.distribute, len(tf.config.list_physical_devices("GPU")), os.environ.get("TF_CONFIG"))
-    strategy = distribute.start_strategy(settings, where, on_cpu)
+    tf_config = os.environ.get("TF_CONFIG")
+    where = distribute.placed(settings, distribute.this_worker(settings.distribute, tf_config), tf_config)
     mnist = mnist_files.load_mnist(settings.data)  # once, for every run of the sitting
     training_images = len(mnist[0]) - settings.validation_size
     report = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": cpu_name(),
-              "cores": os.cpu_count(), "flags": flags, "recipe": recipe(settings, training_images),
-              "strategy": where, "replicas": strategy.num_replicas_in_sync,
-              "samples_per_second": round(throughput(settings, strategy, mnist))}
+              "flags": flags, "recipe": recipe(settings, training_images),
+              **where.record()}
+    samples_per_second, first_call = throughput(settings, where.strategy, mnist)
+    report.update(samples_per_second=round(samples_per_second), first_call_seconds=round(first_call, 2))
     if args.torch_python:
         epochs = torch_peer(args.torch_python, args.torch_peer, args.data, "--recipe", "plain",
                             "--epochs", args.torch_epochs, "--batch", settings.batch_size)
         report["torch_plain_samples_per_second"] = epochs[-1]["samples_per_s"]
         report["ratio_to_torch_plain"] = round(report["samples_per_second"] / epochs[-1]["samples_per_s"], 3)
     if not args.throughput_only:
-        our_runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, strategy, worker, mnist, seeds)
+        our_runs, peer_runs, predict_rate = time_to_accuracy_sitting(args, settings, where, mnist, seeds)
         report["median_seconds_to_accuracy"] = medians(our_runs)
         report["runs"] = our_runs
         report["predict_images_per_second"] = round(predict_rate)

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rnn_mnist  # noqa: E402  (the repo root is put on the path above)
-from plumbing import lazy_tensorflow, server, using  # noqa: E402
+from plumbing import graphs, lazy_tensorflow, server, using  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(rnn_mnist.__file__), "tests"))
 
@@ -94,7 +94,7 @@ def main():
     parser.add_argument("--strokes", type=int, default=0, help="digits drawn in the browser")
     args = parser.parse_args()
     lazy_tensorflow.quiet_tensorflow(verbose=False)
-    lazy_tensorflow.configure_tensorflow()
+    graphs.configure_for_predicting()
     model, path = using.load_trained_model(args.model)
     page = server.page_server(server.Reader(model, path), "127.0.0.1", 0)
     threading.Thread(target=page.serve_forever, daemon=True).start()

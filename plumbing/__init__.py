@@ -11,7 +11,10 @@ concern. The script imports these; none of them imports the script.
     batches          batches made ahead in a thread, grouped into calls of the graph
     graphs           a model's traced functions, made once; prediction by batches
     metrics          cross-entropy, accuracy, the confusion matrix, per-digit figures
-    distribute       tf.distribute: strategies, TF_CONFIG, workers, the steps graph
+    cores            the cores this process may use; replicas and slices for them
+    distribute       where a run trains (Placement), TF_CONFIG, workers, the steps graph
+    cluster_watch    the process that watches a worker wait for the others
+    locks            a run folder held by one process, on any system
     runs             run folders (one process each), their config, resume, and stops
     checkpoints      the training state, saved as it goes; the newest that reads found again
     faults           a full disk, an unwritable folder, a stop outside the loop: one line

@@ -17,11 +17,13 @@ def replaced_atomically(path, partial=None):
         with open(partial, "rb") as written:
             os.fsync(written.fileno())  # the data on the disk before the name points at it
         os.replace(partial, path)
-        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(folder)  # and the rename itself
-        finally:
-            os.close(folder)
+        if hasattr(os, "O_DIRECTORY"):  # and the rename itself, where a folder can be opened to
+            # fsync it (POSIX); Windows cannot, and its NTFS journal keeps the rename atomic
+            folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         if os.path.exists(partial):
             os.remove(partial)

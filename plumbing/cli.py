@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
+from .cores import MIN_IMAGES_PER_REPLICA
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
 from .errors import EXIT_FAULT, EXIT_USAGE, Fault, Interrupted, UsageError
-from .lazy_tensorflow import INTRA_OP_THREADS
 from .mnist_files import MNIST_URL, TIMESTEPS
 from .orders import BIT_REVERSAL, ORDERS, PIXELS, STEPS_OF
 from .runs import DEFAULT_LOGDIR
@@ -210,13 +210,13 @@ def add_recipe_arguments(parser, recipe, cells):
 
 def add_engine_arguments(group):
     """Where and how fast training runs: the same steps whatever these say."""
-    group.add_argument("--intra-op-threads", type=non_negative_int, default=INTRA_OP_THREADS,
-                       metavar="N",
+    group.add_argument("--intra-op-threads", type=non_negative_int, default=1, metavar="N",
                        help="threads that share one TensorFlow operation (0: TensorFlow's "
                             "choice); this model's operations are too small to split well")
     group.add_argument("--inter-op-threads", type=non_negative_int, metavar="N",
                        help="TensorFlow operations that may run at once (0: TensorFlow's "
-                            "choice); default: one per CPU replica, so each core runs a replica")
+                            "choice); default: one per CPU replica, so each core runs a replica "
+                            "(for a replica alone: 2, or 1 on one core)")
     group.add_argument("--distribute", choices=DISTRIBUTE_CHOICES, default="auto",
                        help="where to train: none (one device: one core, or one GPU), mirrored "
                             "(every GPU of this machine; without one, --cpu-replicas CPU devices), "
@@ -227,8 +227,9 @@ def add_engine_arguments(group):
                        "others to join before it gives up")
     group.add_argument("--cpu-replicas", type=positive_int, metavar="N",
                        help="on a machine without a GPU: replicas of the model, one per logical "
-                            "CPU device, each training on its part of the batch; default: the "
-                            "number of cores")
+                            "CPU device, each training on its part of the batch; default: one per "
+                            "core this process may use (its CPU affinity and cgroup quota), with "
+                            f"{MIN_IMAGES_PER_REPLICA} images of the batch at least each")
     group.add_argument("--steps-per-execution", type=positive_int, default=STEPS_PER_EXECUTION,
                        metavar="N", help="training steps in one call of TensorFlow's graph: the "
                        "same steps, fewer pauses between them; Ctrl-C is honoured within N steps")

@@ -8,23 +8,25 @@ import contextlib
 import hashlib
 import json
 import os
-import select
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import STOP_SIGNALS, UsageError
 from .graphs import rows_spec, slice_bounds, traced_once
-from .lazy_tensorflow import INTER_OP_THREADS, configure_tensorflow, tf
+from .cores import cpu_replicas, operations_at_once, usable_cores
+from .lazy_tensorflow import configure_tensorflow, tf
 
 STEPS_PER_EXECUTION = 16  # training steps per call of the graph (bench/README.md)
 
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 WORKER_TIMEOUT_SECONDS = 120  # a worker that hears nothing from the others this long gives up
 WORKER_WAIT_SECONDS = 300  # how long a starting worker waits for the others (--worker-wait)
+CLUSTER_WATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_watch.py")
 TF_CONFIG_FIX = ('set it to {"cluster": {"worker": ["host:port", ...]}, '
                  '"task": {"type": "worker", "index": N}}, the same cluster on every worker')
 
@@ -63,16 +65,65 @@ def worker_from_tf_config(text):
     return Worker(rank, len(order), rank == 0)
 
 
-def placement(distribute, gpus, tf_config):
-    """How this run is spread, decided from the flag and the machine, before TensorFlow starts:
-    (strategy: none, mirrored or multi-worker; this worker; whether the CPU settings apply)."""
-    worker = worker_from_tf_config(tf_config) if tf_config else None
-    if distribute == "auto":  # mirrored on CPU cores (as fast as slices of a batch written by
-        # hand, which it replaced: bench/README.md); a single GPU needs no strategy
-        distribute = "multi-worker" if worker else "none" if gpus == 1 else "mirrored"
-    if distribute == "multi-worker" and worker is None:
+class Placement(collections.namedtuple(
+        "Placement", "kind strategy worker device replicas intra_op_threads inter_op_threads cores")):
+    """Where a run trains, decided once (`placed`) and handed on whole: the kind of strategy
+    (none, mirrored, multi-worker) and the strategy, this worker, the device (cpu or gpu), the
+    replicas of the model (once the strategy is made: those of every worker, in sync),
+    TensorFlow's threads (None on a GPU: its own choice), and the cores this process may use."""
+
+    def record(self):
+        """What config.json says of it."""
+        return {"strategy": self.kind, "device": self.device, "replicas": self.replicas,
+                "workers": self.worker.count, "cores": self.cores,
+                "threads": {"intra_op": self.intra_op_threads, "inter_op": self.inter_op_threads}}
+
+    def words(self):
+        """It in a few words, for the summary: "2 CPU replicas, 1 thread each"."""
+        if self.device == "gpu":
+            said = f"{self.replicas} GPU" + ("s" if self.replicas > 1 else "")
+        else:
+            said = (f"{self.replicas} CPU replica{'s' if self.replicas > 1 else ''}, "
+                    f"{self.intra_op_threads} thread{'s' if self.intra_op_threads > 1 else ''} each")
+        return said + (f", worker {self.worker.index} of {self.worker.count}" if self.worker.count > 1 else "")
+
+
+def this_worker(distribute, tf_config):
+    """This process's place among the workers, from TF_CONFIG (checked before any work) when
+    it trains with several (`--distribute multi-worker`, or auto with TF_CONFIG set); else ALONE."""
+    if distribute == "multi-worker" and not tf_config:
         raise UsageError(f"--distribute multi-worker needs the cluster in TF_CONFIG; {TF_CONFIG_FIX}")
-    return distribute, (worker if distribute == "multi-worker" else ALONE), gpus == 0
+    return worker_from_tf_config(tf_config) if tf_config else ALONE
+
+
+def placement(settings, worker, multi_worker, gpus, cores):
+    """Where this run trains, from the flags and a machine of `gpus` GPUs and `cores` usable
+    cores. On a CPU: a replica per core, each with MIN_IMAGES_PER_REPLICA images of the batch
+    at least, and an operation of each at once (cores.py); the flags override."""
+    kind = settings.distribute
+    if kind == "auto":  # mirrored on CPU cores (as fast as slices of a batch written by hand,
+        # which it replaced: bench/README.md); a single GPU needs no strategy
+        kind = "multi-worker" if multi_worker else "none" if gpus == 1 else "mirrored"
+    if gpus:
+        return Placement(kind, None, worker, "gpu", gpus if kind == "mirrored" else 1, None, None, cores)
+    replicas = 1 if kind != "mirrored" else settings.cpu_replicas or cpu_replicas(cores, settings.batch_size)
+    inter = settings.inter_op_threads
+    return Placement(kind, None, worker, "cpu", replicas, settings.intra_op_threads,
+                     operations_at_once(cores, replicas) if inter is None else inter, cores)
+
+
+def placed(settings, worker, tf_config):
+    """The run's Placement on this machine, with its strategy: TensorFlow's threads and
+    determinism set first, as they must be before TensorFlow runs its first operation."""
+    where = placement(settings, worker, bool(tf_config), len(tf.config.list_physical_devices("GPU")),
+                      usable_cores())
+    if where.device == "cpu":
+        configure_tensorflow(where.intra_op_threads, where.inter_op_threads)
+    if settings.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(where.kind, where.replicas)
+    return where._replace(strategy=strategy, replicas=strategy.num_replicas_in_sync)  # all workers'
+    # replicas, and those that a second run in one Python finds already made
 
 
 def make_strategy(distribute, cpu_replicas):
@@ -161,10 +212,11 @@ def cluster_forming(worker, tf_config, seconds):
     Until every worker has joined, TensorFlow blocks the main thread in C++ without
     letting go of Python's lock, so no Python code of this process runs: not a signal
     handler, not a thread. So Ctrl-C gets its default action (the process ends at once,
-    130), and a small process forked before TensorFlow starts watches: when this one ends
-    before the cluster has formed, or takes too long, it says so. (SIGTERM cannot be
-    given the same: TensorFlow's cluster setup installs a SIGTERM handler of its own, its
-    preemption notifier, which keeps the worker waiting; the wait's bound ends it.)
+    130), and a small process started before TensorFlow starts watches (cluster_watch.py;
+    a process started, not forked, as Windows has no fork): when this one ends before the
+    cluster has formed, or takes too long, it says so. (SIGTERM cannot be given the same:
+    TensorFlow's cluster setup installs a SIGTERM handler of its own, its preemption
+    notifier, which keeps the worker waiting; the wait's bound ends it.)
     """
     if worker.count == 1:
         yield
@@ -173,36 +225,27 @@ def cluster_forming(worker, tf_config, seconds):
     print(others_line(worker, addresses, seconds), flush=True)
     print(exposure_line(worker, addresses), flush=True)
     sys.stderr.flush()
-    formed, tell = os.pipe()
-    watcher = os.fork()
-    if watcher == 0:
-        os.close(tell)
-        watch_the_forming(worker, seconds, formed, os.getppid())
-    os.close(formed)
-    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-I", CLUSTER_WATCH, str(os.getpid()), str(seconds), str(worker.index),
+         str(worker.count)], stdin=subprocess.PIPE, stderr=terminal_of(sys.stderr))
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        os.write(tell, b"formed")
-        os.close(tell)
-        os.waitpid(watcher, 0)
+        watcher.stdin.write(b"formed")
+        watcher.stdin.close()
+        watcher.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def watch_the_forming(worker, seconds, formed, parent):
-    """The watcher process (never returns): silent when told the cluster has formed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches it too
-    if not select.select([formed], [], [], seconds)[0]:  # time is up, and the worker still waits
-        os.kill(parent, signal.SIGKILL)  # TensorFlow's own SIGTERM handler would keep it waiting
-        print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} waited {seconds:g} s "
-              "for the others and gives up: start every worker, each with its TF_CONFIG, within "
-              "--worker-wait of one another", file=sys.stderr, flush=True)
-    elif not os.read(formed, 16):  # closed without a word: the worker ended while it waited
-        print(f"rnn_mnist.py: worker {worker.index} of {worker.count} stopped (Ctrl-C, SIGTERM or a "
-              "crash) while it waited for the others to join; nothing was trained or saved",
-              file=sys.stderr, flush=True)
-    os._exit(0)
+def terminal_of(stream):
+    """Where a process started now should write its errors: `stream`'s own file (the
+    terminal's, while TensorFlow's log is held back from descriptor 2), or else descriptor 2."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream in memory, as a test captures it
+        return None
 
 
 def worker_lost_errors(worker):
@@ -212,20 +255,6 @@ def worker_lost_errors(worker):
         return ()
     return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.AbortedError)
-
-
-def start_strategy(settings, distribute, on_cpu):
-    """Set TensorFlow's threads (on a CPU; on a GPU its own) and determinism, then make the
-    strategy: all of it before TensorFlow runs its first operation."""
-    cpu_replicas = settings.cpu_replicas or os.cpu_count()
-    if on_cpu:
-        inter_op = settings.inter_op_threads
-        if inter_op is None:  # one operation at once per replica: each core runs a replica's chain
-            inter_op = cpu_replicas if distribute == "mirrored" else INTER_OP_THREADS
-        configure_tensorflow(settings.intra_op_threads, inter_op)
-    if settings.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    return make_strategy(distribute, cpu_replicas)
 
 
 def agree_with_chief(strategy, worker, text, size=256):

@@ -11,7 +11,7 @@ import errno
 import signal
 import sys
 
-from .errors import EXIT_FAULT, Interrupted
+from .errors import EXIT_FAULT, STOP_SIGNALS, Interrupted
 from .lazy_tensorflow import tf
 from .runs import kept, remove_partial_files
 
@@ -30,11 +30,11 @@ FAULTS = {errno.ENOSPC: ("No space left on device", "the disk of {folder} is ful
 
 @contextlib.contextmanager
 def stops_at_once():
-    """Ctrl-C and SIGTERM raise Interrupted wherever the run stands (SIGTERM would otherwise
+    """Ctrl-C, SIGTERM (and Ctrl-Break on Windows) raise Interrupted wherever the run stands (SIGTERM would otherwise
     end it without a word)."""
     def stop(signum, frame):
         raise Interrupted(signum)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -5,7 +5,8 @@ import weakref
 
 import numpy as np
 
-from .lazy_tensorflow import tf
+from .cores import operations_at_once, predict_slices, usable_cores
+from .lazy_tensorflow import configure_tensorflow, tf
 
 TRACED = weakref.WeakKeyDictionary()  # model -> {key: its traced function}
 
@@ -29,10 +30,24 @@ def rows_spec(model, name=None):
     return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=name)
 
 
-def predict(model, x, batch_size=1000, slices=2):
+PREDICT_BATCH = 1000  # images in one call of the prediction graph
+
+
+def configure_for_predicting():
+    """TensorFlow's threads for evaluate, predict, the page and the exports: an operation at
+    once for each slice of a batch (cores.predict_slices: one per core this process may use),
+    one thread inside each. On 2 cores: 2 slices."""
+    cores = usable_cores()
+    configure_tensorflow(1, operations_at_once(cores, predict_slices(cores, PREDICT_BATCH)))
+
+
+def predict(model, x, batch_size=PREDICT_BATCH, slices=None):
     """Class probabilities for `x`, a batch at a time. Each batch is cut into `slices`
-    parts that the graph runs side by side: an LSTM's chain of steps keeps one core busy,
-    so two parts keep two (faster than Keras's `model.predict`: bench/README.md)."""
+    parts that the graph runs side by side (default: cores.predict_slices): an LSTM's chain
+    of steps keeps one core busy, so two parts keep two (faster than Keras's `model.predict`:
+    bench/README.md)."""
+    slices = slices or predict_slices(usable_cores(), batch_size)
+
     def build():
         @tf.function(input_signature=[rows_spec(model)])
         def probabilities(images):

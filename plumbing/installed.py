@@ -13,9 +13,19 @@ def missing(names=NEEDED):
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
+SUPPORTED_PYTHONS = ((3, 10), (3, 13))  # those TensorFlow 2.21 has builds for (requirements.txt)
+
+
 def require_installed():
     """Exit with one line (status 2) when a needed package is not installed in this Python."""
     absent = missing()
+    low, high = SUPPORTED_PYTHONS
+    if "tensorflow" in absent and not low <= sys.version_info[:2] <= high:
+        print(f"rnn_mnist.py: error: TensorFlow 2.21 has no build for Python "
+              f"{sys.version_info[0]}.{sys.version_info[1]} ({sys.executable}); make the virtual "
+              f"environment with Python {low[0]}.{low[1]} to {high[0]}.{high[1]}, for example: "
+              "python3.12 -m venv venv", file=sys.stderr)
+        raise SystemExit(2)
     if absent:
         here = os.path.relpath(os.path.join(os.path.dirname(__file__), "..", "requirements.txt"))
         print(f"rnn_mnist.py: error: {', '.join(absent)} not installed in this Python "

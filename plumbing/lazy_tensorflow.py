@@ -11,9 +11,6 @@ import os
 import sys
 import tempfile
 
-INTRA_OP_THREADS = 1  # threads per TensorFlow operation: this model's are too small to split
-INTER_OP_THREADS = 2  # operations at once in evaluate and predict: one per core of 2
-
 
 def import_tensorflow_quietly():
     """Import TensorFlow with its start-up chatter held back; return what it said.
@@ -115,8 +112,9 @@ def runtime_log_held(verbose, until_exit=False):
 
 
 
-def configure_tensorflow(intra_op=INTRA_OP_THREADS, inter_op=INTER_OP_THREADS):
-    """Set TensorFlow's thread pools (possible only before its first operation runs), and
+def configure_tensorflow(intra_op, inter_op):
+    """Set TensorFlow's thread pools (possible only before its first operation runs; 0 leaves
+    one to TensorFlow), and
     turn off its graph optimizer (Grappler): on this model's graphs it costs a second at
     the first step and gains nothing measurable afterwards (bench/README.md)."""
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

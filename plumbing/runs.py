@@ -8,7 +8,6 @@ checkpoints/ and TensorBoard's event files.
 import argparse
 import contextlib
 import datetime
-import fcntl
 import glob
 import json
 import os
@@ -24,8 +23,9 @@ from .atomic import replaced_atomically
 from .batches import batches_in
 from .distribute import agree_with_chief
 from .checkpoints import epochs_trained, newest_saved, restore
-from .errors import REASON_CHARS, Diverged, Fault, Interrupted, UsageError
+from .errors import REASON_CHARS, STOP_SIGNALS, Diverged, Fault, Interrupted, UsageError
 from .lazy_tensorflow import keras, tf
+from .locks import LOCK_FILE, Busy, held
 
 DEFAULT_LOGDIR = "Visualize"
 MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
@@ -58,7 +58,7 @@ def latest_run(logdir):
 
 
 def refuse_used_run_dir(run_dir):
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
+    if os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {LOCK_FILE}:
         name = os.path.basename(run_dir)
         raise UsageError(f"{run_dir} already holds a run; choose another --run-name, or go on with "
                          f"that one with --resume {shlex.quote(name)}")
@@ -107,9 +107,9 @@ def check_writable(run_dir, fresh):
 @contextlib.contextmanager
 def run_folder(settings, run_dir, fresh, named, chief):
     """The run's folder, made (a fresh run) or found (a resumed one), checked to be writable,
-    and this process's alone while the run lasts: locked with flock, which the system lets
-    go of when the process ends, however it ends (a lock file would outlive a kill).
-    Yields the settings and the folder (a dated name can move on to the next)."""
+    and this process's alone while the run lasts (locks.held: the system lets go of it when
+    the process ends, however it ends). Yields the settings and the folder (a dated name can
+    move on to the next)."""
     if not chief:  # a worker other than the chief writes no run folder
         yield settings, run_dir
         return
@@ -117,11 +117,10 @@ def run_folder(settings, run_dir, fresh, named, chief):
         if named:  # a dated name taken meanwhile moves on to the next instead
             refuse_used_run_dir(run_dir)
         settings, run_dir = made_run_folder(settings, run_dir, named)
-    held = os.open(run_dir, os.O_RDONLY)
-    try:
+    with contextlib.ExitStack() as holding:
         try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            holding.enter_context(held(run_dir))
+        except Busy:
             raise UsageError(f"run {settings.run_name} is in use by another rnn_mnist process that "
                              "trains or resumes it; wait for it to end, or give another "
                              "--run-name") from None
@@ -130,8 +129,6 @@ def run_folder(settings, run_dir, fresh, named, chief):
         check_writable(run_dir, fresh)
         remove_partial_files(run_dir)  # of a run of it that was killed: no one else writes here now
         yield settings, run_dir
-    finally:
-        os.close(held)
 
 
 def settings_of_run(args, given):
@@ -154,13 +151,13 @@ def permuted_only(settings):
     return settings
 
 
-def run_config(settings, run_dir, model, strategy_name, strategy, worker, images):
+def run_config(settings, run_dir, model, placement, images):
     """What config.json records: every setting of the run, resolved, with where its data came
-    from, how many images of each split (`images`), and the machine and library versions."""
+    from, how many images of each split (`images`), where it trained (strategy, device,
+    replicas, workers, cores, threads), and the machine and library versions."""
     config = dict(vars(settings), run_dir=run_dir, data_source=settings.data or settings.download_url,
                   **{f"{split}_images": count for split, count in images.items()},
-                  parameters=model.count_params(), strategy=strategy_name,
-                  replicas=strategy.num_replicas_in_sync, workers=worker.count,
+                  parameters=model.count_params(), **placement.record(),
                   tensorflow=tf.__version__, keras=keras.__version__,
                   python=platform.python_version(), machine=platform.machine())
     config.pop("resume")
@@ -327,8 +324,7 @@ class StopRequest:
         self.signal = None
 
     def __enter__(self):
-        self.previous = {sig: signal.signal(sig, self.handle)
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
         return self
 
     def handle(self, signum, frame):

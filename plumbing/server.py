@@ -10,7 +10,7 @@ the threads) that are open at once.
 import http.server
 import json
 import os
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from .errors import UsageError
-from .lazy_tensorflow import configure_tensorflow, quiet_tensorflow
+from .errors import STOP_SIGNALS, UsageError
+from .graphs import configure_for_predicting
+from .lazy_tensorflow import quiet_tensorflow
 from .mnist_files import as_sequences
 from .pictures import decode_picture, to_mnist_form
 from .orders import order_name, reading_of, reading_words
@@ -205,11 +206,11 @@ class Connections:
         waited = [(since, s) for s, since in self.since.items()
                   if since is not None and now - since >= self.evictable]
         waiting = [s for _, s in sorted(waited, key=lambda pair: pair[0])]
-        poll = select.poll()  # not select(): a descriptor may be numbered past its 1024
-        for s in waiting:
-            poll.register(s, select.POLLIN)
-        unread = {fd for fd, _ in poll.poll(0)}
-        return [s for s in waiting if s.fileno() not in unread]
+        with selectors.DefaultSelector() as selector:  # epoll, kqueue, or select on Windows: not
+            for s in waiting:                          # select() alone, whose descriptors stop at 1024
+                selector.register(s, selectors.EVENT_READ)
+            unread = {key.fileobj for key, _ in selector.select(0)}
+        return [s for s in waiting if s not in unread]
 
     def waiting(self, connection):
         with self.changed:
@@ -281,7 +282,7 @@ def page_server(reader, host="127.0.0.1", port=8000, verbose=False, request_seco
 def serve_command(args):
     """Serve the page until Ctrl-C (or SIGTERM); return where it was served."""
     quiet_tensorflow(args.verbose)
-    configure_tensorflow()
+    configure_for_predicting()
     model, path = load_trained_model(args.model, args.logdir)
     reader = Reader(model, path)
     server = page_server(reader, args.host, args.port, args.verbose)
@@ -290,7 +291,7 @@ def serve_command(args):
     print(model_line(path, args.model is None))
     print(f"serving the page at {address}  (Ctrl-C to stop)", flush=True)
     previous = {sig: signal.signal(sig, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does,
-                for sig in (signal.SIGINT, signal.SIGTERM)}           # even where Ctrl-C was ignored
+                for sig in STOP_SIGNALS}                              # even where Ctrl-C was ignored
     try:
         server.serve_forever()
     except KeyboardInterrupt:

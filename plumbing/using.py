@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 
 from .errors import Fault, UsageError
-from .graphs import predict
-from .lazy_tensorflow import configure_tensorflow, keras, quiet_tensorflow, tf
+from .graphs import configure_for_predicting, predict
+from .lazy_tensorflow import keras, quiet_tensorflow, tf
 from .metrics import confusion_matrix, per_class, scores
 from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
 from .pictures import read_picture, to_mnist_form, write_png
@@ -145,7 +145,7 @@ def export_model(model, out_dir, tflite=False):
 def evaluate_command(args):
     """The whole test set through a trained model: printed tables, and the figures returned."""
     quiet_tensorflow(args.verbose)
-    configure_tensorflow()
+    configure_for_predicting()
     model, path = load_trained_model(args.model, args.logdir)
     _, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
     print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
@@ -177,7 +177,7 @@ def evaluate_command(args):
 def predict_command(args):
     """Name the digit in each picture; return one record per picture."""
     quiet_tensorflow(args.verbose)
-    configure_tensorflow()
+    configure_for_predicting()
     inputs = []
     for path in args.images:  # every picture is checked before any is predicted
         image = to_mnist_form(read_picture(path))
@@ -218,6 +218,7 @@ def predict_command(args):
 
 def export_command(args):
     quiet_tensorflow(args.verbose)
+    configure_for_predicting()
     model, path = load_trained_model(args.model, args.logdir)
     out = args.out or os.path.join(os.path.dirname(path), "saved_model")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

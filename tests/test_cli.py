@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rnn_mnist
-from plumbing import cli, mnist_files, runs
+from plumbing import cli, distribute, mnist_files, runs
 from conftest import REPO
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--validation-size", "40", "--units", "8", "--quiet"]
@@ -222,8 +222,10 @@ def test_a_misspelt_command_is_named_with_the_nearest_one(capsys, word, suggesti
 def test_the_summary_of_a_one_epoch_run_says_epoch(capsys):
     rnn_mnist.print_summary({"test_accuracy": 0.97, "test_loss": 0.1, "test_images": 10_000, "epochs": 1,
                              "train_seconds": 6.6, "samples_per_second": 8390.0, "best_epoch": 1},
-                            "Visualize/r", "Visualize")
-    assert "trained 1 epoch in 6.6 s (8,390 samples/s); best epoch 1" in capsys.readouterr().out
+                            "Visualize/r", "Visualize",
+                            distribute.Placement("mirrored", None, distribute.ALONE, "cpu", 2, 1, 2, 2))
+    assert ("trained 1 epoch in 6.6 s (8,390 samples/s, 2 CPU replicas, 1 thread each); best epoch 1"
+            in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("argv,flag,nearest", [

@@ -293,15 +293,6 @@ def test_multi_worker_without_tf_config_is_refused(tmp_path, tiny_npz, capsys, m
     assert "--distribute multi-worker needs the cluster in TF_CONFIG" in capsys.readouterr().err
 
 
-def test_auto_picks_the_engine_for_the_machine():
-    tf_config = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
-    assert distribute.placement("auto", 0, None) == ("mirrored", distribute.ALONE, True)  # CPU cores
-    assert distribute.placement("auto", 1, None) == ("none", distribute.ALONE, False)
-    assert distribute.placement("auto", 4, None) == ("mirrored", distribute.ALONE, False)
-    assert distribute.placement("auto", 0, tf_config) == ("multi-worker", distribute.Worker(1, 2, False), True)
-    assert distribute.placement("none", 0, tf_config) == ("none", distribute.ALONE, True)
-
-
 def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
         tmp_path, tiny_npz, monkeypatch):
     """No GPU here: the machine is made to report one, and what the run then chooses is checked."""
