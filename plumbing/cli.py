@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from .cores import MIN_IMAGES_PER_REPLICA
+from .cores import MIN_IMAGES_PER_REPLICA, usable_cores
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
 from .errors import EXIT_FAULT, EXIT_USAGE, Fault, Interrupted, UsageError
 from .mnist_files import MNIST_URL, TIMESTEPS
@@ -147,7 +147,9 @@ def build_parser(recipe, cells):
                     description="Train an LSTM that reads MNIST digits row by row, "
                                 "then test it on the 10,000 test images.",
                     epilog="Other commands: evaluate, predict, export, serve "
-                           "(python rnn_mnist.py COMMAND --help).",
+                           "(python rnn_mnist.py COMMAND --help). This process may use "
+                           f"{usable_cores()} core(s) (its CPU affinity and cgroup quota); a GPU, "
+                           "where TensorFlow finds one, is used by default.",
                     formatter_class=HelpFormatter)
     add_recipe_arguments(parser, recipe, cells)
     add_engine_arguments(parser.add_argument_group("where it trains"))

@@ -3,6 +3,7 @@ quota), where a run is placed on them, a Python without what only POSIX has (as 
 and requirements that pick TensorFlow's build for each platform."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,8 @@ WITHOUT_POSIX = textwrap.dedent("""
     for module, name in ((os, "fork"), (os, "O_DIRECTORY"), (os, "sched_getaffinity"),
                          (signal, "SIGKILL"), (select, "poll")):
         delattr(module, name)
+    if hasattr(os, "process_cpu_count"):  # Python 3.13's, made from sched_getaffinity where there
+        os.process_cpu_count = os.cpu_count  # is one: elsewhere it is the machine's count
     msvcrt = types.ModuleType("msvcrt")
     msvcrt.LK_UNLCK, msvcrt.LK_NBLCK = 0, 2
     def locking(descriptor, mode, size):
@@ -154,6 +157,7 @@ def without_posix(tmp_path, *args, wait=True):
 def test_without_posix_the_tool_helps_trains_refuses_a_held_run_evaluates_and_predicts(tmp_path, tiny_npz):
     done = without_posix(tmp_path, "--help")
     assert done.returncode == 0 and "--cpu-replicas" in done.stdout, done.stderr
+    assert re.search(r"This process may use [1-9]\d* core\(s\)", " ".join(done.stdout.split()))
     logdir = str(tmp_path / "runs")
     common = ["--data", tiny_npz, "--logdir", logdir, "--units", "8", "--batch-size", "32",
               "--validation-size", "40"]
