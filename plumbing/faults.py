@@ -30,8 +30,8 @@ FAULTS = {errno.ENOSPC: ("No space left on device", "the disk of {folder} is ful
 
 @contextlib.contextmanager
 def stops_at_once():
-    """Ctrl-C, SIGTERM (and Ctrl-Break on Windows) raise Interrupted wherever the run stands (SIGTERM would otherwise
-    end it without a word)."""
+    """Ctrl-C, SIGTERM (and Ctrl-Break on Windows) raise Interrupted wherever the run stands
+    (SIGTERM would otherwise end it without a word)."""
     def stop(signum, frame):
         raise Interrupted(signum)
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}

@@ -53,13 +53,13 @@ def test_the_cores_counted_are_the_ones_this_process_may_use(monkeypatch, tmp_pa
 
 def test_a_cgroup_quota_counts_for_less_than_the_cores(monkeypatch, tmp_path):
     fake_machine(monkeypatch, 64)
-    for limits, expected in [({"/": "200000 100000"}, 2),              # docker --cpus 2
-                             ({"/": "max 100000"}, 64),                # no quota
-                             ({"/": "150000 100000"}, 2),              # 1.5 cores: 2 kept busy in part
-                             ({"/": "50000 100000"}, 1),               # half a core
-                             ({"/": "400000 100000", "/a/b": "300000 100000"}, 3)]:  # the nearer one
-        (tmp_path / "cgroup").exists() and __import__("shutil").rmtree(tmp_path / "cgroup")
-        assert cores.usable_cores(*fake_cgroup(tmp_path, limits, path="/a/b")) == expected, limits
+    for case, (limits, expected) in enumerate([({"/": "200000 100000"}, 2),  # docker --cpus 2
+                                               ({"/": "max 100000"}, 64),    # no quota
+                                               ({"/": "150000 100000"}, 2),  # 1.5 cores: 2 busy in part
+                                               ({"/": "50000 100000"}, 1),   # half a core
+                                               ({"/": "400000 100000", "/a/b": "300000 100000"}, 3)]):
+        machine = tmp_path / f"case{case}"  # the last: the nearer of two quotas counts
+        assert cores.usable_cores(*fake_cgroup(machine, limits, path="/a/b")) == expected, limits
     assert cores.usable_cores(*fake_cgroup(tmp_path / "v1", v1=(200000, 100000))) == 2  # cgroup v1
     assert cores.usable_cores(*fake_cgroup(tmp_path / "v1none", v1=(-1, 100000))) == 64
     assert cores.usable_cores("/nowhere", "/nowhere/cgroup") == 64  # no cgroups at all (macOS, Windows)
