@@ -173,7 +173,7 @@ def add_recipe_arguments(parser, recipe, cells):
     data.add_argument("--max-train-samples", type=positive_int, metavar="N",
                       help="use only the first N training images (validation included), "
                            "for quick trials")
-    reading = parser.add_argument_group("how a digit is read (README: Other reading orders)")
+    reading = parser.add_argument_group("how a digit is read (docs/reading-orders.md)")
     reading.add_argument("--order", choices=ORDERS, default=recipe["order"],
                          help="the order the 784 pixels are read in: row by row, column by column, "
                               "or in one fixed scrambled order (--permutation)")

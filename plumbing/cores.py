@@ -5,16 +5,16 @@ the one it was written on.
 
 One thread inside each operation (--intra-op-threads 1): the cores that the replicas leave
 over are not spent as threads, because measured here they gain nothing (two threads in one
-operation: 1.01-1.03x at 128 images, 0.81-1.15x at 32; README, "Performance").
+operation: 1.01-1.03x at 128 images, 0.81-1.15x at 32; docs/performance.md).
 """
 
 import math
 import os
 
 MIN_IMAGES_PER_REPLICA = 32  # a replica's share of the batch: below it, the matrix products of a
-# step are too small to be worth a core of their own (README, "Performance")
+# step are too small to be worth a core of their own (docs/performance.md)
 MAX_PREDICT_SLICES = 8  # slices of a prediction batch: the graph holds a copy of the model for
-# each, and its first call takes longer the more copies it holds (README, "Performance")
+# each, and its first call takes longer the more copies it holds (docs/performance.md)
 
 
 def usable_cores(cgroup_root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):

@@ -2,7 +2,7 @@
 
 The page is three static files in page/ and one JSON endpoint, POST /api/read, served
 by the standard library's ThreadingHTTPServer, hardened for clients that are many, slow
-or idle (README, "Why the standard library's server"): a listen backlog that holds a
+or idle (docs/serve.md, "Why the standard library's server"): a listen backlog that holds a
 burst, a deadline for each request to arrive, and a cap on the connections (so on
 the threads) that are open at once.
 """
@@ -61,7 +61,7 @@ class Reader:
         # the first drawing is answered as fast as the others
 
     def answer(self, data):
-        """The bytes of a picture -> what the page shows (see README, The page's API)."""
+        """The bytes of a picture -> what the page shows (see docs/serve.md, "The API")."""
         if not data:
             raise UsageError("the body is empty; send the bytes of a PNG, JPEG, BMP or GIF picture")
         seen = to_mnist_form(decode_picture(data, "the picture"))

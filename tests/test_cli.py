@@ -158,8 +158,8 @@ def help_options(command):
 
 
 def readme_tables():
-    """{command: {flag: default}} from the README's flag tables, headed '| `command` flag |'."""
-    readme = open(os.path.join(REPO, "README.md")).read()
+    """{command: {flag: default}} from the flag tables of docs/flags.md, headed '| `command` flag |'."""
+    readme = open(os.path.join(REPO, "docs", "flags.md")).read()
     tables = {}
     for command, body in re.findall(r"^\| `(\w+)` flag \|.*\n((?:\|.*\n)+)", readme, flags=re.M):
         rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", body, flags=re.M)
@@ -269,3 +269,28 @@ def test_a_python_without_the_packages_is_told_how_to_install_them():
         assert len(lines) == 1, done.stderr
         assert "numpy" in lines[0] and "tqdm" in lines[0] and "tensorflow" in lines[0]
         assert "not installed" in lines[0] and lines[0].endswith("pip install -r requirements.txt")
+
+
+def test_every_link_of_the_readme_and_docs_resolves():
+    """Each relative link of README.md and docs/*.md names a file of the repo and, after a #,
+    a heading of that file (GitHub's anchors: lower case, punctuation dropped, spaces as -)."""
+    def anchors(path):
+        with open(path) as f:
+            return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                    for line in f if line.startswith("#")}
+
+    pages = [os.path.join(REPO, "README.md")] + [
+        os.path.join(REPO, "docs", name) for name in sorted(os.listdir(os.path.join(REPO, "docs")))]
+    checked = 0
+    for page in pages:
+        text = re.sub(r"```.*?```", "", open(page).read(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            assert os.path.exists(path), f"{os.path.relpath(page, REPO)}: {target}"
+            if anchor:
+                assert anchor in anchors(path), f"{os.path.relpath(page, REPO)}: {target}"
+            checked += 1
+    assert checked > 20
