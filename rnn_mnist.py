@@ -30,16 +30,20 @@ import json
 import os
 import time
 
-import plumbing  # first: it names in one line a needed package that is not installed
-import numpy as np
+from plumbing.installed import require_installed
+
+require_installed(command=__name__ == "__main__")  # first: a missing package named in one line
+
+import numpy as np  # noqa: E402 (after the check above, like every import below)
 from tqdm.auto import tqdm
 
 from plumbing import checkpoints, cli, distribute, faults, orders, runs, server, using
 from plumbing.atomic import write_json
 from plumbing.batches import batches_in, chunked, prefetched
-from plumbing.errors import Diverged, Interrupted
+from plumbing.errors import Diverged, Error, Fault, Interrupted, Stopped, UsageError  # noqa: F401 (for callers)
 from plumbing.figures import epoch_pictures
-from plumbing.graphs import predict
+from plumbing.reading import how_it_reads
+from plumbing.graphs import configure_for_predicting, predict
 from plumbing.lazy_tensorflow import keras, quiet_tensorflow, runtime_log_held, tf
 from plumbing.metrics import confusion_matrix, scores
 from plumbing.mnist_files import FEATURES, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
@@ -522,12 +526,40 @@ def test_and_record(state, history, run_dir, x_test, y_test, n_val):
 def print_summary(metrics, run_dir, logdir, placement):
     print(f"\ntest accuracy {metrics['test_accuracy']:.2%}  (loss {metrics['test_loss']:.4f}, "
           f"{metrics['test_images']:,} images)")
-    epochs = f"{metrics['epochs']} epoch" + ("s" if metrics["epochs"] != 1 else "")
     speed = f"{metrics['samples_per_second']:,.0f} samples/s, " if metrics["samples_per_second"] else ""
-    print(f"trained {epochs} in {metrics['train_seconds']:.1f} s ({speed}{placement.words()}); "
+    print(f"trained {runs.counted(metrics['epochs'], 'epoch')} in {metrics['train_seconds']:.1f} s ({speed}{placement.words()}); "
           f"best epoch {metrics['best_epoch']}")
     print(f"run saved in {run_dir}  ({runs.MODEL_FILE}, config.json, metrics.json, TensorBoard logs)")
+    if runs.trial_of(run_dir):
+        print(f"a quick trial (--max-train-samples): evaluate, predict, serve and export take its "
+              f"model only when asked, with --model {run_dir}")
     print(f"view it with: tensorboard --logdir {logdir}")
+
+
+# ----------------------------------------------------------------------------
+# A trained model, from Python (docs/using.md): load it, and read one digit step by step
+
+
+def load_model(path=None, logdir=runs.DEFAULT_LOGDIR):
+    """A model this tool trained, in whatever order it reads: a model.keras, or the run folder
+    that holds it (default: the newest in `logdir`). Its input is [N, 28, 28] floats in [0, 1]."""
+    quiet_tensorflow(verbose=False)
+    configure_for_predicting()
+    return using.load_trained_model(path, logdir)[0]
+
+
+def read(model, image):
+    """Read one digit: `image` is a picture's path (PNG, JPEG, BMP, GIF: any size or polarity)
+    or MNIST's uint8 [28, 28], white on black. -> {"digit", "probabilities" [10], "readout":
+    the probabilities after each step [S, 10] (of a sequence longer than 28 steps, 28 evenly
+    spaced ones), "steps": the step each readout follows, from 1}."""
+    seen = using.picture_as_mnist(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
+    if seen.shape != (TIMESTEPS, FEATURES):
+        raise UsageError(f"an image of shape {seen.shape}; give a picture's path, or a 28x28 array")
+    reading = how_it_reads(model, as_sequences(seen[None]))
+    readout = reading["readout"][0]
+    return {"digit": int(readout[-1].argmax()), "probabilities": readout[-1], "readout": readout,
+            "steps": reading["steps"]}
 
 
 # ----------------------------------------------------------------------------
@@ -540,11 +572,12 @@ USES = {"evaluate": using.evaluate_command, "predict": using.predict_command,
 def main(argv=None):
     """Run one command (train when none is named) and return its results.
 
-    A user's mistake prints one line and exits with status 2. Without `argv`, this
-    process is the command: its words are sys.argv, and TensorFlow's log is held back
-    until it exits.
+    Without `argv`, this process is the command: its words are sys.argv, a mistake or a
+    fault prints one line and exits with its status (2, 1), and TensorFlow's log is held back
+    until it exits. Given `argv`, from Python: the same command, and what ends it early is
+    raised, an Error (UsageError, Fault or Stopped) whose text is that line.
     """
-    with cli.answered_in_one_line():
+    with cli.answered_in_one_line(command=argv is None):
         command, args, given = cli.parse(cli.words(argv), RECIPE, RECURRENT_CELLS)
         with runtime_log_held(args.verbose, until_exit=argv is None):
             if command != "train":

@@ -1,5 +1,6 @@
 """The plumbing of rnn_mnist.py: what makes the recipe robust and fast, one module per
-concern. The script imports these; none of them imports the script.
+concern. The script imports these; none of them imports the script. Importing the package
+does nothing else: `installed.require_installed` is the script's first call.
 
     installed        the packages rnn_mnist needs, named in one line when missing
 
@@ -26,7 +27,3 @@ concern. The script imports these; none of them imports the script.
     server           the page's server, and serve
     cli              the command line: parsers, flag values, one-line errors
 """
-
-from .installed import require_installed
-
-require_installed()  # before a module of the package, or the script, imports a missing one

@@ -5,10 +5,9 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 
-from .errors import REASON_CHARS, UsageError
+from .errors import REASON_CHARS, UsageError, say
 from .lazy_tensorflow import tf
 from .orders import reading_fingerprint
 
@@ -130,9 +129,8 @@ def newest_readable(folder):
             chosen = prefix
             break
         set_aside(prefix)
-        print(f"rnn_mnist.py: warning: the checkpoint {os.path.basename(prefix)} in {folder} is "
-              f"damaged ({reason}); it is moved into {folder}/damaged",
-              file=sys.stderr)
+        say(f"the checkpoint {os.path.basename(prefix)} in {folder} is damaged ({reason}); it is "
+            f"moved into {folder}/damaged", "warning")
     try:
         listed = tf.train.get_checkpoint_state(folder)
     except ValueError:  # an empty `checkpoint` file

@@ -10,7 +10,7 @@ import sys
 
 from .cores import MIN_IMAGES_PER_REPLICA, usable_cores
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
-from .errors import EXIT_FAULT, EXIT_USAGE, Fault, Interrupted, UsageError
+from .errors import Error, Interrupted, Stopped, UsageError
 from .mnist_files import MNIST_URL, TIMESTEPS
 from .orders import BIT_REVERSAL, ORDERS, PIXELS, STEPS_OF
 from .runs import DEFAULT_LOGDIR
@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
             flag = unknown[0].split("=")[0]
             near = self.nearest_flag(flag)
             message = f"{flag} is not a flag of this command" + (f"; did you mean {near}?" if near else "")
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        raise UsageError(f"{message} (see {self.prog.replace(' [train]', '')} --help)")
 
     def nearest_flag(self, flag):
         flags = [f for f in self._option_string_actions if f.startswith("--")]
@@ -86,6 +86,13 @@ def finite_number(zero_too):
 
 
 positive_float, non_negative_float = finite_number(zero_too=False), finite_number(zero_too=True)
+
+
+def port(text):
+    value = whole_number(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is past the last port, 65535; choose 0 to 65535")
+    return value
 
 
 def pixels_per_step(text):
@@ -331,8 +338,8 @@ def build_serve_parser():
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every address of this machine)")
-    parser.add_argument("--port", type=non_negative_int, default=8000,
-                        help="port to listen on (0: any free one)")
+    parser.add_argument("--port", type=port, default=8000,
+                        help="port to listen on, 0 to 65535 (0: any free one)")
     return parser
 
 
@@ -394,24 +401,30 @@ def split_command(argv):
 
 
 @contextlib.contextmanager
-def answered_in_one_line():
-    """A user's mistake, Ctrl-C outside training, or a reader of the output that left early
-    (`| head`) ends the command with one line (or none) and its exit status."""
+def answered_in_one_line(command):
+    """What ends the command early: for the `command` line, one line (or none) and its exit
+    status; for a caller from Python, the Error itself (KeyboardInterrupt as it is).
+    A user's mistake, a fault, Ctrl-C outside training, or a reader of the output that left
+    early (`| head`)."""
     try:
         yield
-    except UsageError as e:
-        print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-    except Fault as e:
-        print(f"rnn_mnist.py: error: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_FAULT) from None
     except KeyboardInterrupt:
-        print("\nrnn_mnist.py: interrupted; nothing was saved", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+        if not command:
+            raise
+        error = Stopped("\nrnn_mnist.py: interrupted; nothing was saved", signal.SIGINT)
     except Interrupted as e:  # before a run's folder was made (a run says what it kept)
-        print(f"\n{signal.Signals(e.args[0]).name} received: stopped before the run began; "
-              "nothing was saved", file=sys.stderr)
-        raise SystemExit(128 + e.args[0]) from None
+        error = Stopped(f"\n{signal.Signals(e.args[0]).name} received: stopped before the run "
+                        "began; nothing was saved", e.args[0])
     except BrokenPipeError:  # the reader of the output left early: stop quietly
+        if not command:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe
         raise SystemExit(1) from None
+    except Error as e:
+        error = e
+    else:
+        return
+    if not command:
+        raise error
+    print(error.line(), file=sys.stderr)
+    raise SystemExit(error.status) from None

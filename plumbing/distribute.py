@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .errors import STOP_SIGNALS, UsageError
+from .errors import STOP_SIGNALS, UsageError, say
 from .graphs import rows_spec, slice_bounds, traced_once
 from .cores import cpu_replicas, operations_at_once, usable_cores
 from .lazy_tensorflow import configure_tensorflow, tf
@@ -164,7 +164,7 @@ class Watchdog:
     def watch(self):
         while not self.done.wait(1.0):
             if time.monotonic() - self.last > self.seconds:
-                print(self.message(), file=sys.stderr, flush=True)
+                say(self.message())
                 os._exit(1)  # the main thread is blocked inside TensorFlow: nothing else ends it
 
     def stop(self):
@@ -177,7 +177,7 @@ def watchdog_for(worker, how_to_go_on):
     if worker.count == 1:
         return None
     return Watchdog(WORKER_TIMEOUT_SECONDS, lambda: (
-        f"rnn_mnist.py: error: worker {worker.index} of {worker.count} heard nothing from the "
+        f"worker {worker.index} of {worker.count} heard nothing from the "
         f"others for {WORKER_TIMEOUT_SECONDS} s; {how_to_go_on()}"))
 
 

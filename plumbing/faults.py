@@ -9,9 +9,8 @@ Inside the training loop a stop is a request the loop honours at a consistent po
 import contextlib
 import errno
 import signal
-import sys
 
-from .errors import EXIT_FAULT, STOP_SIGNALS, Interrupted
+from .errors import STOP_SIGNALS, Fault, Interrupted, Stopped
 from .lazy_tensorflow import tf
 from .runs import kept, remove_partial_files
 
@@ -61,9 +60,8 @@ def said_in_one_line(settings, run_dir):
     except (Interrupted, KeyboardInterrupt) as stop:  # KeyboardInterrupt: a second Ctrl-C
         signum = stop.args[0] if isinstance(stop, Interrupted) else signal.SIGINT
         what, how = kept(settings, run_dir)
-        print(f"{signal.Signals(signum).name} received: stopped at once; {what}."
-              + (f"\n{how}" if how else ""), file=sys.stderr)
-        raise SystemExit(128 + signum) from None
+        raise Stopped(f"{signal.Signals(signum).name} received: stopped at once; {what}."
+                      + (f"\n{how}" if how else ""), signum) from None
     except Exception as e:
         number = fault_of(e)
         if number is None:
@@ -71,6 +69,5 @@ def said_in_one_line(settings, run_dir):
         remove_partial_files(run_dir)
         _, problem, fix = FAULTS[number]
         what, how = kept(settings, run_dir)
-        print(f"rnn_mnist.py: error: {problem.format(folder=run_dir)}; {what}.\n"
-              f"{fix}, then {how or 'run the same command again'}", file=sys.stderr)
-        raise SystemExit(EXIT_FAULT) from None
+        raise Fault(f"{problem.format(folder=run_dir)}; {what}.\n"
+                    f"{fix}, then {how or 'run the same command again'}") from None

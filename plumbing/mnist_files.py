@@ -17,6 +17,7 @@ from .errors import UsageError
 TIMESTEPS = 28  # image rows, read one per step
 FEATURES = 28  # pixels in a row
 NUM_CLASSES = 10
+TRAIN_IMAGES = 60_000  # in MNIST's training set (and 10,000 in its test set)
 MAX_PIXEL = 255
 
 MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"

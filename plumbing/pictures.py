@@ -53,14 +53,25 @@ def to_mnist_form(pixels):
 MAX_PICTURE_SIDE = 4096  # pixels: a phone's photo fits; a decompression bomb does not
 
 
-def read_picture(path):
-    """Decode a PNG, JPEG, BMP or GIF file (its first frame) into [H, W, C] uint8 pixels."""
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")  # how each kind starts
+
+
+def picture_bytes(path):
+    """The bytes of a file that starts as a PNG, JPEG, BMP or GIF does: checked before
+    TensorFlow is imported, so a file that is no picture is answered at once."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise UsageError(f"cannot read {path} ({e.strerror}); give a PNG, JPEG, BMP or GIF file") from None
-    return decode_picture(data, path)
+    if not data.startswith(SIGNATURES):
+        raise UsageError(f"{path} is not a PNG, JPEG, BMP or GIF image; give a picture of a digit")
+    return data
+
+
+def read_picture(path):
+    """Decode a PNG, JPEG, BMP or GIF file (its first frame) into [H, W, C] uint8 pixels."""
+    return decode_picture(picture_bytes(path), path)
 
 
 def decode_picture(data, name):

@@ -16,16 +16,16 @@ import re
 import shlex
 import shutil
 import signal
-import sys
 import tempfile
 
 from .atomic import replaced_atomically
 from .batches import batches_in
 from .distribute import agree_with_chief
 from .checkpoints import epochs_trained, newest_saved, restore
-from .errors import REASON_CHARS, STOP_SIGNALS, Diverged, Fault, Interrupted, UsageError
+from .errors import REASON_CHARS, STOP_SIGNALS, Diverged, Fault, Interrupted, Stopped, UsageError
 from .lazy_tensorflow import keras, tf
 from .locks import LOCK_FILE, Busy, held
+from .mnist_files import TRAIN_IMAGES
 
 DEFAULT_LOGDIR = "Visualize"
 MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
@@ -50,6 +50,30 @@ def newest_run_with(logdir, filename):
         if os.path.isfile(path):
             found.append((os.path.getmtime(path), name))
     return max(found)[1] if found else None
+
+
+def trial_of(run_dir):
+    """The --max-train-samples of a quick trial's run (it trained on part of the images), or None."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return json.load(f).get("max_train_samples") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def newest_model_run(logdir):
+    """(The run whose model the commands take by default, the newer quick trials passed over):
+    the newest run that trained on all the training images, else the newest quick trial."""
+    runs = []
+    for name in os.listdir(logdir) if os.path.isdir(logdir) else []:
+        path = os.path.join(logdir, name, MODEL_FILE)
+        if os.path.isfile(path):
+            runs.append((os.path.getmtime(path), name))
+    names = [name for _, name in sorted(runs, reverse=True)]
+    whole = [name for name in names if trial_of(os.path.join(logdir, name)) is None]
+    if not whole:
+        return (names[0] if names else None), []
+    return whole[0], names[:names.index(whole[0])]
 
 
 def latest_run(logdir):
@@ -122,8 +146,8 @@ def run_folder(settings, run_dir, fresh, named, chief):
             holding.enter_context(held(run_dir))
         except Busy:
             raise UsageError(f"run {settings.run_name} is in use by another rnn_mnist process that "
-                             "trains or resumes it; wait for it to end, or give another "
-                             "--run-name") from None
+                             "trains or resumes it; wait for it to end" + (
+                                 ", or give another --run-name" if fresh else "")) from None
         if fresh and named:
             refuse_used_run_dir(run_dir)  # made by another run that ended just now
         check_writable(run_dir, fresh)
@@ -137,6 +161,9 @@ def settings_of_run(args, given):
         settings, run_dir = resumed_settings(args, given)
         return permuted_only(settings), run_dir
     settings = permuted_only(argparse.Namespace(**vars(args)))
+    if args.max_train_samples and "validation_size" not in given:  # a quick trial holds out
+        # the same share as a whole run (5,000 of 60,000), not 5,000 of its few images
+        settings.validation_size = args.validation_size * min(args.max_train_samples, TRAIN_IMAGES) // TRAIN_IMAGES
     settings.run_name = args.run_name or dated_name(
         args.logdir, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = os.path.join(args.logdir, settings.run_name)
@@ -236,7 +263,29 @@ def resumed_settings(args, given):
     for key in (RESUMABLE_SETTINGS & set(given)) | SESSION_SETTINGS:
         setattr(settings, key, getattr(args, key))
     settings.run_name = name
+    refuse_finished(settings, run_dir, tested_epochs(run_dir))  # now, before the data and the model
     return settings, run_dir
+
+
+def tested_epochs(run_dir):
+    """The epochs a run had trained when it was tested (its metrics.json), or None."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            return int(json.load(f)["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def refuse_finished(settings, run_dir, epochs):
+    """A run tested after `epochs` (None: not tested) has nothing left to do at `settings.epochs`."""
+    if epochs is not None and epochs >= settings.epochs:
+        raise UsageError(f"run {settings.run_name} has finished its {counted(epochs, 'epoch')}; "
+                         "give --epochs a larger number to train it further")
+
+
+def counted(n, word):
+    """'1 epoch', '8 epochs'."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 KINDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
@@ -271,10 +320,8 @@ def resume(state, settings, run_dir, n_train, quiet):
     """Restore the run's newest good checkpoint into `state`, and say where it goes on: the
     next step, its test when only that is left, or the start when no checkpoint was made."""
     prefix = restore(state, run_dir)
-    finished = int(state.epoch.numpy()) >= settings.epochs
-    if finished and os.path.isfile(os.path.join(run_dir, "metrics.json")):
-        raise UsageError(f"run {settings.run_name} has finished its {int(state.epoch.numpy())} "
-                         "epochs; give --epochs a larger number to train it further")
+    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        refuse_finished(settings, run_dir, int(state.epoch.numpy()))
     if not quiet:
         print(resume_line(state, settings, run_dir, n_train, prefix))
 
@@ -287,7 +334,7 @@ def resume_line(state, settings, run_dir, n_train, prefix):
     steps = batches_in(n_train, settings.batch_size)
     epoch, step, epochs = int(state.epoch.numpy()) + 1, int(state.step_in_epoch.numpy()), settings.epochs
     if epoch > epochs:
-        where = f"its test: its {epochs} epochs were trained"
+        where = f"its test: its {counted(epochs, 'epoch')} were trained"
     elif step >= steps:
         where = f"the end of epoch {epoch}/{epochs} (its {steps} steps done; its validation next)"
     elif step:
@@ -346,13 +393,13 @@ def kept(settings, run_dir):
         return (f"no checkpoint was saved yet in {run_dir}",
                 f"start it again from the beginning with: {command}")
     if epochs_trained(newest) >= settings.epochs:
-        return (f"its {settings.epochs} epochs were trained and saved in {run_dir}, its test is left",
+        return (f"its {counted(settings.epochs, 'epoch')} were trained and saved in {run_dir}, its test is left",
                 f"test it with: {command}")
     return f"the last checkpoint, {os.path.basename(newest)}, is kept in {run_dir}", f"resume with: {command}"
 
 
 def report_stop(stop, state, settings, run_dir, worker):
-    """One line on why training stopped early and what was kept; exits."""
+    """Stopped, or a Fault: one line on why training stopped early and what was kept."""
     epoch, step = int(state.epoch.numpy()), int(state.step_in_epoch.numpy())
     where = (f"at epoch {epoch + 1}, step {step}" if step else
              f"at the end of epoch {epoch}" if epoch else "before its first step")
@@ -361,20 +408,17 @@ def report_stop(stop, state, settings, run_dir, worker):
         said = f"{signal.Signals(signum).name} received" if stop.args[0] else "another worker stopped"
         what, how = kept(settings, run_dir) if worker.chief else (
             f"the chief keeps the run's checkpoint in {run_dir}", f"resume with: {resume_command(settings)}")
-        print(f"{said}: stopped {where}; {what}." + (f"\n{how}" if how else ""), file=sys.stderr)
-        raise SystemExit(128 + signum)
+        raise Stopped(f"{said}: stopped {where}; {what}." + (f"\n{how}" if how else ""), signum)
     if isinstance(stop, Diverged):
         checkpoints = os.path.join(run_dir, "checkpoints")
         good = [what for what, there in [("checkpoint", newest_saved(checkpoints)),
                                          (MODEL_FILE, os.path.exists(os.path.join(run_dir, MODEL_FILE)))]
                 if there]
-        print(f"rnn_mnist.py: error: {stop}; training stopped"
-              + (f", keeping the last good {' and '.join(good)} in {run_dir}" if good else "")
-              + "; try a smaller --learning-rate", file=sys.stderr)
-        raise SystemExit(1)
+        raise Fault(f"{stop}; training stopped"
+                    + (f", keeping the last good {' and '.join(good)} in {run_dir}" if good else "")
+                    + "; try a smaller --learning-rate")
     said = re.search(r"(Collective ops is aborted by: .*|.*[Cc]onnection .*|.*[Dd]eadline .*|.*[Tt]imed out.*)",
                      stop.message or "")
     reason = (said.group(1) if said else type(stop).__name__).strip()[:REASON_CHARS]
-    print(f"rnn_mnist.py: error: worker {worker.index} of {worker.count} lost the others {where} "
-          f"({reason}); {how_to_go_on(run_dir)}", file=sys.stderr)
-    raise SystemExit(1)
+    raise Fault(f"worker {worker.index} of {worker.count} lost the others {where} "
+                f"({reason}); {how_to_go_on(run_dir)}")

@@ -26,7 +26,7 @@ from .mnist_files import as_sequences
 from .pictures import decode_picture, to_mnist_form
 from .orders import order_name, reading_of, reading_words
 from .reading import how_it_reads, recurrent_layers, voting_units
-from .using import load_trained_model, model_line, tested_accuracy
+from .using import load_trained_model, model_line, model_path, tested_accuracy
 
 
 PAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "page")
@@ -281,9 +281,10 @@ def page_server(reader, host="127.0.0.1", port=8000, verbose=False, request_seco
 
 def serve_command(args):
     """Serve the page until Ctrl-C (or SIGTERM); return where it was served."""
+    path = model_path(args.model, args.logdir)
     quiet_tensorflow(args.verbose)
     configure_for_predicting()
-    model, path = load_trained_model(args.model, args.logdir)
+    model, path = load_trained_model(path)
     reader = Reader(model, path)
     server = page_server(reader, args.host, args.port, args.verbose)
     host, port = server.server_address[:2]

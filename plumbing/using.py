@@ -10,15 +10,15 @@ import zipfile
 
 import numpy as np
 
-from .errors import Fault, UsageError
+from .errors import Fault, Refused, UsageError
 from .graphs import configure_for_predicting, predict
 from .lazy_tensorflow import keras, quiet_tensorflow, tf
 from .metrics import confusion_matrix, per_class, scores
 from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
-from .pictures import read_picture, to_mnist_form, write_png
+from .pictures import decode_picture, picture_bytes, read_picture, to_mnist_form, write_png
 from .orders import reading_order_layer
 from .reading import rebuilt
-from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, newest_run_with
+from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, counted, newest_model_run, trial_of
 
 
 def damaged_archive(path):
@@ -35,9 +35,28 @@ def damaged_archive(path):
 
 
 def load_trained_model(path, logdir=DEFAULT_LOGDIR):
-    """Load a model this tool trained (Keras safe mode: no arbitrary code), or explain why not."""
+    """Load a model this tool trained (Keras safe mode: no arbitrary code), or explain why
+    not; (the model, its path)."""
+    path = model_path(path, logdir)
+    reading_order_layer()  # registered with Keras: a model that reads in another order holds it
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as e:  # Keras raises many kinds for a file that is not a model
+        reason = str(e).strip().splitlines()[0][:REASON_CHARS] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a Keras model this tool can load ({reason}); "
+                         "give the model.keras of a run") from None
+    expected_in, expected_out = (None, TIMESTEPS, FEATURES), (None, NUM_CLASSES)
+    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
+        raise UsageError(f"{path} maps {model.input_shape} to {model.output_shape}, not MNIST "
+                         f"rows {expected_in} to {NUM_CLASSES} classes; give a model this tool trained")
+    return model, path
+
+
+def model_path(path, logdir=DEFAULT_LOGDIR):
+    """The model.keras that --model names (a file, or a run folder; None: the newest in
+    `logdir`), checked to be there and whole; found without TensorFlow."""
     if path is None:
-        run = newest_run_with(logdir, MODEL_FILE)
+        run, _ = newest_model_run(logdir)
         if run is None:
             raise UsageError(f"no trained model in {logdir}; train one first, or give --model PATH")
         path = os.path.join(logdir, run, MODEL_FILE)
@@ -52,18 +71,7 @@ def load_trained_model(path, logdir=DEFAULT_LOGDIR):
     if damage:
         raise Fault(f"{path} is damaged ({damage}); train the run again, or give the model.keras "
                     "of another run")
-    reading_order_layer()  # registered with Keras: a model that reads in another order holds it
-    try:
-        model = keras.models.load_model(path, safe_mode=True)
-    except Exception as e:  # Keras raises many kinds for a file that is not a model
-        reason = str(e).strip().splitlines()[0][:REASON_CHARS] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path} is not a Keras model this tool can load ({reason}); "
-                         "give the model.keras of a run") from None
-    expected_in, expected_out = (None, TIMESTEPS, FEATURES), (None, NUM_CLASSES)
-    if tuple(model.input_shape) != expected_in or tuple(model.output_shape) != expected_out:
-        raise UsageError(f"{path} maps {model.input_shape} to {model.output_shape}, not MNIST "
-                         f"rows {expected_in} to {NUM_CLASSES} classes; give a model this tool trained")
-    return model, path
+    return path
 
 
 def tested_accuracy(run_dir):
@@ -84,6 +92,13 @@ def model_line(path, picked):
     else:
         tested = "not tested: its run has not finished" if os.path.isfile(
             os.path.join(run_dir, "config.json")) else "not trained in a run folder of this tool"
+    trial = trial_of(run_dir)
+    if trial:
+        tested += f"; a quick trial on the first {trial:,} training images (--max-train-samples)"
+    passed_over = newest_model_run(os.path.dirname(run_dir))[1] if picked else []
+    if passed_over:
+        tested += (f"; {counted(len(passed_over), 'newer quick trial')} passed over, the newest "
+                   f"{os.path.join(os.path.dirname(run_dir), passed_over[0])}: give --model to use one")
     which = "the newest model in --logdir" if picked else "model"
     return f"using {which}: {path} (run {os.path.basename(run_dir) or '.'}, {tested})"
 
@@ -144,9 +159,12 @@ def export_model(model, out_dir, tflite=False):
 
 def evaluate_command(args):
     """The whole test set through a trained model: printed tables, and the figures returned."""
+    path = model_path(args.model, args.logdir)  # found before TensorFlow is imported
+    if args.data is not None and not os.path.exists(args.data):
+        load_mnist(args.data)  # its one line, before TensorFlow too
     quiet_tensorflow(args.verbose)
     configure_for_predicting()
-    model, path = load_trained_model(args.model, args.logdir)
+    model, path = load_trained_model(path)  # before the data: no download for a model that fails
     _, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
     print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
     x = as_sequences(x_test)
@@ -174,55 +192,87 @@ def evaluate_command(args):
     return results
 
 
+def picture_as_mnist(path, data=None):
+    """A picture file of one digit (or its bytes, `data`) -> MNIST's uint8 [28, 28]; a blank
+    one is refused."""
+    image = to_mnist_form(read_picture(path) if data is None else decode_picture(data, path))
+    if image is None:
+        raise UsageError(f"{path} is blank: no digit to read")
+    return image
+
+
+def readable(paths, read):
+    """({path: read(path)} for the paths that read, [the UsageError of each that did not])."""
+    done, refused = {}, []
+    for path in paths:
+        try:
+            done[path] = read(path)
+        except UsageError as e:
+            refused.append(e)
+    return done, refused
+
+
 def predict_command(args):
-    """Name the digit in each picture; return one record per picture."""
-    quiet_tensorflow(args.verbose)
-    configure_for_predicting()
-    inputs = []
-    for path in args.images:  # every picture is checked before any is predicted
-        image = to_mnist_form(read_picture(path))
-        if image is None:
-            raise UsageError(f"{path} is blank: no digit to read")
-        inputs.append(image)
-    shown = []
+    """Name the digit in each picture that reads; return one record per picture. The pictures
+    that do not read are each named in a line: those that are no picture at all before
+    TensorFlow is imported, blank ones before the model is loaded."""
+    files, refused = readable(args.images, picture_bytes)
+    shown = {}
     if args.show_input:
-        shown = [os.path.join(args.show_input, os.path.splitext(os.path.basename(p))[0] + "-28x28.png")
-                 for p in args.images]
-        clashes = [p for p in shown if os.path.exists(p)] or (
-            [p for p in shown if shown.count(p) > 1])
+        shown = {p: os.path.join(args.show_input, os.path.splitext(os.path.basename(p))[0] + "-28x28.png")
+                 for p in files}
+        clashes = [p for p in shown.values() if os.path.exists(p)] or (
+            [p for p in shown.values() if list(shown.values()).count(p) > 1])
         if clashes:
             raise UsageError(f"{clashes[0]} exists already or would be written twice; "
                              "give --show-input an empty folder")
-    model, path = load_trained_model(args.model, args.logdir)
+    path = model_path(args.model, args.logdir) if files else None  # a missing model, at once too
+    if files:
+        quiet_tensorflow(args.verbose)
+        configure_for_predicting()
+        inputs, blank = readable(files, lambda p: picture_as_mnist(p, files[p]))
+        refused += blank
+        files = inputs
+    if not files:
+        raise Refused(refused)
+    model, path = load_trained_model(path)
     print(model_line(path, args.model is None), file=sys.stderr if args.json else sys.stdout)
-    probabilities = predict(model, as_sequences(np.stack(inputs)))
-    records = []
-    for i, (picture, p) in enumerate(zip(args.images, probabilities)):
-        ranked = np.argsort(p)[::-1]
-        record = {"image": picture, "digit": int(ranked[0]), "probability": float(p[ranked[0]]),
-                  "probabilities": [round(float(v), 6) for v in p]}
-        if shown:
-            os.makedirs(args.show_input, exist_ok=True)
-            write_png(shown[i], inputs[i])
-            record["model_input"] = shown[i]
-        records.append(record)
-        if args.json:
-            print(json.dumps(record))
-        else:
-            runners_up = ", ".join(f"{d} ({p[d]:.1%})" if p[d] >= 0.001 else f"{d} (<0.1%)"
-                                   for d in ranked[1:3])
-            print(f"{picture}: {ranked[0]}  ({p[ranked[0]]:.1%})   then {runners_up}"
-                  + (f"   model saw {shown[i]}" if shown else ""))
+    probabilities = predict(model, as_sequences(np.stack(list(files.values()))))
+    records = [answered(picture, p, image, shown.get(picture), args.json)
+               for (picture, image), p in zip(files.items(), probabilities)]
+    if refused:
+        raise Refused(refused)
     return records
 
 
+def answered(picture, p, image, shown, as_json):
+    """One picture's answer (a record, printed as a line or as JSON); its 28x28 image written
+    where `shown` says."""
+    ranked = np.argsort(p)[::-1]
+    record = {"image": picture, "digit": int(ranked[0]), "probability": float(p[ranked[0]]),
+              "probabilities": [round(float(v), 6) for v in p]}
+    if shown:
+        os.makedirs(os.path.dirname(shown) or ".", exist_ok=True)
+        write_png(shown, image)
+        record["model_input"] = shown
+    if as_json:
+        print(json.dumps(record))
+    else:
+        runners_up = ", ".join(f"{d} ({p[d]:.1%})" if p[d] >= 0.001 else f"{d} (<0.1%)"
+                               for d in ranked[1:3])
+        print(f"{picture}: {ranked[0]}  ({p[ranked[0]]:.1%})   then {runners_up}"
+              + (f"   model saw {shown}" if shown else ""))
+    return record
+
+
 def export_command(args):
+    path = model_path(args.model, args.logdir)
+    out = args.out or os.path.join(os.path.dirname(path), "saved_model")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):  # before TensorFlow
+        raise UsageError(f"{out} exists already; give --out a new folder")
     quiet_tensorflow(args.verbose)
     configure_for_predicting()
-    model, path = load_trained_model(args.model, args.logdir)
-    out = args.out or os.path.join(os.path.dirname(path), "saved_model")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UsageError(f"{out} exists already; give --out a new folder")
+    model, path = load_trained_model(path)
     print(model_line(path, args.model is None))
     try:
         written = export_model(model, out, tflite=args.tflite)

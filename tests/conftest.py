@@ -13,6 +13,17 @@ REAL_MNIST = os.environ.get("RNN_MNIST_DATA",
                             os.path.join(os.path.dirname(REPO), "shared", "data", "mnist.npz"))
 
 
+def as_command(argv):
+    """rnn_mnist.main(argv) answered as the command line answers it: what ends it early as its
+    one line on stderr, and its exit status as SystemExit."""
+    import rnn_mnist
+    try:
+        return rnn_mnist.main(argv)
+    except rnn_mnist.Error as e:
+        print(e.line(), file=sys.stderr)
+        raise SystemExit(e.status) from None
+
+
 def synthetic_mnist(n_train=240, n_test=60, seed=0):
     """Random uint8 digits in MNIST's shapes: each class is a bright band at its own rows."""
     rng = np.random.default_rng(seed)
@@ -155,7 +166,25 @@ def user_pictures(tmp_path_factory):
     return pictures, labels
 
 
+FULL_TIER = ("the full tier: the slow end-to-end tests (real data, the browser, workers, load, "
+             "faults of whole processes), run with --full")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="run the full tier too: " + FULL_TIER)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --full, the tests marked `full` are skipped, with the switch that runs them."""
+    if not config.getoption("--full"):
+        for item in items:
+            if "full" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=FULL_TIER))
+
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "full: " + FULL_TIER)
+
     # Two CPU devices, as `python rnn_mnist.py` makes on a 2-core machine, set before any
     # test starts TensorFlow: the runs made in this process then train as the command does.
     from plumbing import lazy_tensorflow

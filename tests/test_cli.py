@@ -10,7 +10,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import cli, distribute, mnist_files, runs
-from conftest import REPO
+from conftest import REPO, as_command
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--validation-size", "40", "--units", "8", "--quiet"]
 
@@ -53,6 +53,7 @@ def test_a_run_records_config_model_metrics_and_logs(tmp_path, tiny_npz):
     assert {"epochs/loss", "epochs/accuracy"} <= tensorboard_tags(str(run / "validation"))
 
 
+@pytest.mark.full
 def test_gru_and_stacked_layers_train(tmp_path, tiny_npz):
     metrics = rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "g",
                               "--cell", "gru", "--layers", "2", *TINY, "--figures-every", "0"])
@@ -66,7 +67,7 @@ def test_an_earlier_run_is_never_overwritten(tmp_path, tiny_npz, capsys):
     run.mkdir()
     (run / "model.keras").write_bytes(b"an earlier model")
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "kept", *TINY])
+        as_command(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "kept", *TINY])
     assert exit_.value.code == 2
     assert "already holds a run; choose another --run-name" in capsys.readouterr().err
     assert os.listdir(run) == ["model.keras"]
@@ -105,7 +106,7 @@ BAD_SETTINGS = [
 def test_bad_settings_get_one_line_and_exit_2(tmp_path, tiny_npz, capsys, argv, message):
     base = ["--data", tiny_npz, "--logdir", str(tmp_path / "logs"), "--validation-size", "40"]
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(base + argv)
+        as_command(base + argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
@@ -116,7 +117,7 @@ def test_a_log_folder_that_cannot_be_made(tmp_path, tiny_npz, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(blocker / "logs"), *TINY])
+        as_command(["--data", tiny_npz, "--logdir", str(blocker / "logs"), *TINY])
     assert exit_.value.code == 2
     assert "give --logdir a folder you can write to" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
@@ -212,7 +213,7 @@ def test_importing_the_script_does_no_work():
                                              ("xyzzy", "")])
 def test_a_misspelt_command_is_named_with_the_nearest_one(capsys, word, suggestion):
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main([word, "--model", "m.keras"])
+        as_command([word, "--model", "m.keras"])
     assert exit_.value.code == 2
     commands = ", ".join(cli.COMMANDS)
     assert capsys.readouterr().err == (f"rnn_mnist.py: error: '{word}' is not a command; {suggestion}"
@@ -236,13 +237,14 @@ def test_the_summary_of_a_one_epoch_run_says_epoch(capsys):
     ids=["lr", "underscore", "cut-short", "evaluate", "serve"])
 def test_a_flag_is_taken_only_whole_and_the_nearest_is_named(tmp_path, capsys, argv, flag, nearest):
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main([*argv, "--logdir", str(tmp_path / "runs")])
+        as_command([*argv, "--logdir", str(tmp_path / "runs")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{flag} is not a flag of this command; did you mean {nearest}?" in err, err
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.full
 def test_output_into_a_pipe_has_no_bars_but_a_line_per_epoch(tmp_path, tiny_npz):
     done = run_script("--data", tiny_npz, *TINY[:-1], "--run-name", "piped", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

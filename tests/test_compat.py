@@ -35,6 +35,7 @@ def old_run(tmp_path_factory):
     return {"data": str(data), "logdir": str(folder / "runs"), "run": folder / "runs" / "old"}
 
 
+@pytest.mark.full
 def test_an_old_run_resumes_and_is_then_used_by_every_command(old_run, tmp_path, capsys):
     run, logdir, data = old_run["run"], old_run["logdir"], old_run["data"]
     metrics = rnn_mnist.main(["--resume", "old", "--logdir", logdir, "--epochs", "2", "--quiet"])

@@ -14,7 +14,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import distribute, lazy_tensorflow
-from conftest import REPO, synthetic_mnist
+from conftest import REPO, as_command, synthetic_mnist
 
 ONE_STEP = """
 import json, sys
@@ -47,6 +47,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.full
 def test_one_step_on_two_replicas_moves_the_weights_as_one_device_does():
     done = subprocess.run([sys.executable, "-c", ONE_STEP, REPO], capture_output=True, text=True,
                           timeout=300)
@@ -123,6 +124,7 @@ def fingerprint(out):
     return lines[0].rsplit(" ", 1)[1]
 
 
+@pytest.mark.full
 def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist, private_network):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -145,6 +147,7 @@ def test_two_workers_train_a_slice_of_mnist_to_the_end(tmp_path, real_mnist, pri
     assert os.listdir(tmp) == []  # no worker's temporary checkpoints left behind
 
 
+@pytest.mark.full
 def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path, private_network):
     data = tmp_path / "digits.npz"
     np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
@@ -188,6 +191,7 @@ def test_a_killed_worker_stops_the_other_and_resume_finishes_the_run(tmp_path, p
 WORKER_STOP_SECONDS = 60  # a lost worker is noticed at the next all-reduce: well within this
 
 
+@pytest.mark.full
 def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path, private_network):
     data = tmp_path / "digits.npz"
     np.savez(data, **synthetic_mnist(n_train=2040, n_test=60))
@@ -229,6 +233,7 @@ def lone_worker(tmp_path, network, *flags):
     return process, ports, process.stdout.readline()
 
 
+@pytest.mark.full
 def test_a_lone_worker_says_whom_it_waits_for_and_ctrl_c_ends_it(tmp_path, private_network):
     signum = signal.SIGINT
     process, ports, said = lone_worker(tmp_path, private_network)
@@ -247,6 +252,7 @@ def test_a_lone_worker_says_whom_it_waits_for_and_ctrl_c_ends_it(tmp_path, priva
                   "for the others to join; nothing was trained or saved\n"
 
 
+@pytest.mark.full
 def test_a_lone_worker_gives_up_after_worker_wait(tmp_path, private_network):
     process, ports, said = lone_worker(tmp_path, private_network, "--worker-wait", "5")
     try:
@@ -279,7 +285,7 @@ def test_a_bad_tf_config_gets_one_line_and_exit_2(tmp_path, tiny_npz, capsys, mo
                                                   tf_config, message):
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path / "runs")])
+        as_command(["--data", tiny_npz, "--logdir", str(tmp_path / "runs")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
@@ -289,7 +295,7 @@ def test_a_bad_tf_config_gets_one_line_and_exit_2(tmp_path, tiny_npz, capsys, mo
 def test_multi_worker_without_tf_config_is_refused(tmp_path, tiny_npz, capsys, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(SystemExit):
-        rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--distribute", "multi-worker"])
+        as_command(["--data", tiny_npz, "--logdir", str(tmp_path), "--distribute", "multi-worker"])
     assert "--distribute multi-worker needs the cluster in TF_CONFIG" in capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import rnn_mnist
-from conftest import REPO, synthetic_mnist
+from conftest import REPO, as_command, synthetic_mnist
 
 TINY = ["--batch-size", "32", "--validation-size", "40", "--units", "8", "--figures-every", "0",
         "--steps-per-execution", "1"]
@@ -47,7 +47,7 @@ def run_copy(finished, tmp_path):
 def resumed(argv, capsys):
     """Run `argv`: (its exit status, its stdout, its stderr)."""
     try:
-        rnn_mnist.main(argv)
+        as_command(argv)
         status = 0
     except SystemExit as e:
         status = e.code
@@ -290,6 +290,7 @@ def test_a_signal_after_the_last_checkpoint_leaves_a_run_whose_test_resume_finis
     assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
 
 
+@pytest.mark.full
 def test_sigkill_before_the_first_checkpoint_leaves_a_run_that_resumes_from_its_start(finished, tmp_path):
     slow = tmp_path / "slow.npz"
     import numpy as np
@@ -357,7 +358,7 @@ def test_a_second_resume_of_a_running_run_is_refused_by_the_lock(run_copy, capsy
     finally:
         os.close(held)
     assert status == 2 and err == ("rnn_mnist.py: error: run r is in use by another rnn_mnist process that "
-                                   "trains or resumes it; wait for it to end, or give another --run-name\n")
+                                   "trains or resumes it; wait for it to end\n")  # a resume: no other name
     assert sha256s(run_dir) == before
 
 
@@ -376,6 +377,7 @@ def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path):
     assert os.path.isdir(run_dir)
 
 
+@pytest.mark.full
 def test_two_runs_at_once_without_a_name_each_get_a_folder(finished, tmp_path):
     argv = [sys.executable, os.path.join(REPO, "rnn_mnist.py"), "--data", str(finished / "tiny.npz"),
             "--epochs", "1", "--logdir", str(tmp_path / "runs"), "--quiet", *TINY]

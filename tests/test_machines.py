@@ -154,6 +154,7 @@ def without_posix(tmp_path, *args, wait=True):
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.full
 def test_without_posix_the_tool_helps_trains_refuses_a_held_run_evaluates_and_predicts(tmp_path, tiny_npz):
     done = without_posix(tmp_path, "--help")
     assert done.returncode == 0 and "--cpu-replicas" in done.stdout, done.stderr
@@ -170,7 +171,7 @@ def test_without_posix_the_tool_helps_trains_refuses_a_held_run_evaluates_and_pr
         second = without_posix(tmp_path, *common, "--resume", "r")
         assert second.returncode == 2 and second.stderr == (
             "rnn_mnist.py: error: run r is in use by another rnn_mnist process that trains or "
-            "resumes it; wait for it to end, or give another --run-name\n")
+            "resumes it; wait for it to end\n")
         assert first.poll() is None  # undisturbed
     finally:
         first.send_signal(signal.SIGKILL)

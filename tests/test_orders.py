@@ -9,7 +9,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import checkpoints, orders, reading, using
-from conftest import drawn_digit, synthetic_mnist, write_picture
+from conftest import as_command, drawn_digit, synthetic_mnist, write_picture
 from test_serve import request, serve_in_thread
 
 
@@ -121,7 +121,7 @@ def test_a_resume_in_another_order_is_refused(trained_permuted, tmp_path, capsys
     shutil.copytree(trained_permuted["logdir"], logdir)
     before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(logdir) for f in fs}
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--resume", "p", "--logdir", str(logdir), "--epochs", "2", *argv])
+        as_command(["--resume", "p", "--logdir", str(logdir), "--epochs", "2", *argv])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
     assert before == {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(logdir) for f in fs}
@@ -134,7 +134,7 @@ def test_a_checkpoint_read_in_another_order_than_its_config_says_is_refused(trai
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps(dict(config, permutation="4")))  # edited by hand
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--resume", "p", "--logdir", str(logdir), "--epochs", "2", "--quiet"])
+        as_command(["--resume", "p", "--logdir", str(logdir), "--epochs", "2", "--quiet"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert "was trained reading 7 pixels a step, pixel order sha256:" in err and "start a new run" in err

@@ -11,6 +11,8 @@ import pytest
 
 from test_serve import serve_in_thread
 
+pytestmark = pytest.mark.full  # the full tier: python -m pytest tests --full
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOT = os.environ.get("RNN_MNIST_SCREENSHOT")  # also save the screenshot there (README)
 MODEL = os.environ.get("RNN_MNIST_PAGE_MODEL")  # serve this model.keras (for the screenshot)

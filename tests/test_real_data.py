@@ -3,10 +3,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import rnn_mnist
 from plumbing import mnist_files
 from conftest import write_idx_folder
+
+pytestmark = pytest.mark.full  # the full tier: python -m pytest tests --full
 
 
 def test_a_short_run_on_real_digits_learns_them(tmp_path, real_mnist):

@@ -12,7 +12,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import runs
-from conftest import REPO, synthetic_mnist
+from conftest import REPO, as_command, synthetic_mnist
 
 SMALL = ["--validation-size", "40", "--units", "8", "--quiet"]
 
@@ -48,6 +48,7 @@ def slow_npz(tmp_path):
     return str(path)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_npz, capsys, signum):
     logs = tmp_path / "logs"
@@ -75,6 +76,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, slow_
     assert latest_checkpoint_step(str(logs / "stopped")) == 2 * 250
 
 
+@pytest.mark.full
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path, slow_npz):
     common = ["--data", slow_npz, "--batch-size", "8", "--epochs", "3", "--checkpoint-every", "10",
               "--deterministic", *SMALL]
@@ -116,7 +118,7 @@ def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
               "--run-name", "more", *SMALL]
     first = rnn_mnist.main([*common, "--epochs", "2"])
     with pytest.raises(SystemExit) as exit_:  # finished: needs more epochs to go on
-        rnn_mnist.main(["--resume", "--logdir", logs, "--quiet"])
+        as_command(["--resume", "--logdir", logs, "--quiet"])
     assert exit_.value.code == 2
     again = rnn_mnist.main(["--resume", "--logdir", logs, "--epochs", "4", "--quiet"])
     assert again["epochs"] == 4
@@ -130,6 +132,7 @@ def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
     assert tensorboard_steps(str(tmp_path / "more" / "train"), "steps/loss") == list(range(5, 41, 5))
 
 
+@pytest.mark.full
 def test_steps_per_execution_changes_how_fast_not_what_is_learned(tmp_path, tiny_npz):
     """A run trained 4 steps a call ends with the weights of one trained 1 step a call for an
     epoch, then resumed 7 steps a call: the calls are a matter of speed."""
@@ -160,7 +163,7 @@ def test_a_resume_that_would_change_the_run_is_refused(tmp_path, tiny_npz, capsy
                     str(tmp_path), "--run-name", "r", *SMALL])
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2", *extra])
+        as_command(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2", *extra])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
@@ -169,12 +172,12 @@ def test_a_resume_that_would_change_the_run_is_refused(tmp_path, tiny_npz, capsy
 
 def test_resume_without_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--resume", "--logdir", str(tmp_path)])
+        as_command(["--resume", "--logdir", str(tmp_path)])
     assert exit_.value.code == 2
     assert f"no run to resume in {tmp_path}" in capsys.readouterr().err
     (tmp_path / "nothing").mkdir()
     with pytest.raises(SystemExit):
-        rnn_mnist.main(["--resume", "nothing", "--logdir", str(tmp_path)])
+        as_command(["--resume", "nothing", "--logdir", str(tmp_path)])
     assert "nothing holds no run to resume (no config.json)" in capsys.readouterr().err
 
 
@@ -185,7 +188,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_npz, capsys):
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps(dict(config, units=32)))  # no longer the saved model
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2"])
+        as_command(["--resume", "r", "--logdir", str(tmp_path), "--epochs", "2"])
     assert exit_.value.code == 2
     assert "does not fit the model its config.json describes" in capsys.readouterr().err
 
@@ -193,7 +196,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_npz, capsys):
 def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_npz, capsys):
     # a learning rate of 1e38 overflows the weights within a few steps
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["--data", tiny_npz, "--learning-rate", "1e38", "--lr-schedule", "constant",
+        as_command(["--data", tiny_npz, "--learning-rate", "1e38", "--lr-schedule", "constant",
                         "--batch-size", "20", "--checkpoint-every", "1", "--logdir", str(tmp_path),
                         "--run-name", "nan", *SMALL])
     assert exit_.value.code == 1
@@ -234,7 +237,7 @@ def test_a_run_stopped_at_an_epochs_edge_resumes_with_its_figures_right(tmp_path
     with monkeypatch.context() as patched:
         stop_after(patched, stopped_at)  # 200 training images in batches of 32: 7 steps an epoch
         with pytest.raises(SystemExit) as stop:
-            rnn_mnist.main(argv)
+            as_command(argv)
     assert stop.value.code == 128 + signal.SIGINT
     assert latest_checkpoint_step(str(tmp_path / "edge")) == stopped_at
     capsys.readouterr()

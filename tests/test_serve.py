@@ -15,7 +15,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import mnist_files, pictures, reading, server, using
-from conftest import REPO, drawn_digit
+from conftest import REPO, as_command, drawn_digit
 
 
 def serve_in_thread(model_path):
@@ -181,7 +181,7 @@ def test_a_port_in_use_gets_one_line(trained, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(SystemExit) as exit_:
-            rnn_mnist.main(["serve", "--model", trained["model"], "--port", str(port)])
+            as_command(["serve", "--model", trained["model"], "--port", str(port)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err

@@ -12,6 +12,8 @@ from conftest import drawn_digit
 from plumbing import server, using
 from test_serve import png_bytes
 
+pytestmark = pytest.mark.full  # the full tier: python -m pytest tests --full
+
 REQUEST_SECONDS = 2  # the deadline the server is given here, in place of its 30 s
 MOST = 16  # connections open at once, in place of its 64
 

@@ -55,6 +55,7 @@ def served_run(tmp_path, tiny_npz):
         server.wait(timeout=30)
 
 
+@pytest.mark.full
 def test_every_dashboard_is_active_and_lists_the_runs_tags(served_run):
     base = served_run
     plugins = get(base + "/data/plugins_listing")

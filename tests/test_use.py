@@ -10,7 +10,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import mnist_files, pictures
-from conftest import REPO, drawn_digit, write_picture
+from conftest import REPO, as_command, drawn_digit, write_picture
 
 
 def test_a_picture_is_brought_to_mnist_form():
@@ -88,7 +88,7 @@ def test_predict_and_export_say_which_model_they_picked(tmp_path, trained, capsy
 def test_predict_refuses_what_is_not_a_picture(tmp_path, trained, capsys, content, message):
     (tmp_path / "x.png").write_bytes(content)
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["predict", str(tmp_path / "x.png"), "--model", trained["model"]])
+        as_command(["predict", str(tmp_path / "x.png"), "--model", trained["model"]])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
@@ -97,13 +97,13 @@ def test_predict_refuses_what_is_not_a_picture(tmp_path, trained, capsys, conten
 def test_predict_refuses_a_blank_picture_and_an_existing_output(tmp_path, trained, capsys):
     write_picture(tmp_path / "blank.png", np.full((40, 40, 3), 255, np.uint8))
     with pytest.raises(SystemExit):
-        rnn_mnist.main(["predict", str(tmp_path / "blank.png"), "--model", trained["model"]])
+        as_command(["predict", str(tmp_path / "blank.png"), "--model", trained["model"]])
     assert "is blank: no digit to read" in capsys.readouterr().err
     write_picture(tmp_path / "a.png", drawn_digit())
     (tmp_path / "seen").mkdir()
     (tmp_path / "seen" / "a-28x28.png").write_bytes(b"kept")
     with pytest.raises(SystemExit):
-        rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--model", trained["model"],
+        as_command(["predict", str(tmp_path / "a.png"), "--model", trained["model"],
                         "--show-input", str(tmp_path / "seen")])
     assert "give --show-input an empty folder" in capsys.readouterr().err
     assert (tmp_path / "seen" / "a-28x28.png").read_bytes() == b"kept"
@@ -119,12 +119,12 @@ def test_models_that_cannot_be_used_are_refused(tmp_path, capsys):
                           (tmp_path / "junk.keras", "is not a Keras model this tool can load"),
                           (tmp_path / "other.keras", "not MNIST rows")]:
         with pytest.raises(SystemExit) as exit_:
-            rnn_mnist.main(["evaluate", "--model", str(path)])
+            as_command(["evaluate", "--model", str(path)])
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     with pytest.raises(SystemExit):
-        rnn_mnist.main(["export", "--logdir", str(tmp_path / "empty")])
+        as_command(["export", "--logdir", str(tmp_path / "empty")])
     assert "no trained model in" in capsys.readouterr().err
 
 
@@ -171,7 +171,7 @@ def test_export_serves_what_the_keras_model_computes(tmp_path, trained, capsys):
     np.testing.assert_allclose(np.load(tmp_path / "lite.npy"), expected, atol=1e-5)
 
     with pytest.raises(SystemExit):  # never over an earlier export
-        rnn_mnist.main(["export", "--model", trained["model"], "--out", str(out)])
+        as_command(["export", "--model", trained["model"], "--out", str(out)])
     assert "exists already; give --out a new folder" in capsys.readouterr().err
 
 
@@ -213,7 +213,7 @@ def test_model_may_be_a_run_folder(trained, tmp_path, capsys):
     by_file, = rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--json", "--model", trained["model"]])
     assert by_folder == by_file
     with pytest.raises(SystemExit) as exit_:
-        rnn_mnist.main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path)])
+        as_command(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == f"rnn_mnist.py: error: --model {tmp_path} is a folder that holds no model.keras; " \
