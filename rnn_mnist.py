@@ -42,7 +42,7 @@ from plumbing.atomic import write_json
 from plumbing.batches import batches_in, chunked, prefetched
 from plumbing.errors import Diverged, Error, Fault, Interrupted, Stopped, UsageError  # noqa: F401 (for callers)
 from plumbing.figures import epoch_pictures
-from plumbing.reading import how_it_reads
+from plumbing.reading import read_one
 from plumbing.graphs import configure_for_predicting, predict
 from plumbing.lazy_tensorflow import keras, quiet_tensorflow, runtime_log_held, tf
 from plumbing.metrics import confusion_matrix, scores
@@ -552,14 +552,12 @@ def read(model, image):
     """Read one digit: `image` is a picture's path (PNG, JPEG, BMP, GIF: any size or polarity)
     or MNIST's uint8 [28, 28], white on black. -> {"digit", "probabilities" [10], "readout":
     the probabilities after each step [S, 10] (of a sequence longer than 28 steps, 28 evenly
-    spaced ones), "steps": the step each readout follows, from 1}."""
+    spaced ones), "steps": the step each readout follows, from 1; and "state", "units",
+    "unit_digits": the gates and state of the units the page shows}."""
     seen = using.picture_as_mnist(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
     if seen.shape != (TIMESTEPS, FEATURES):
         raise UsageError(f"an image of shape {seen.shape}; give a picture's path, or a 28x28 array")
-    reading = how_it_reads(model, as_sequences(seen[None]))
-    readout = reading["readout"][0]
-    return {"digit": int(readout[-1].argmax()), "probabilities": readout[-1], "readout": readout,
-            "steps": reading["steps"]}
+    return read_one(model, seen)
 
 
 # ----------------------------------------------------------------------------

@@ -177,12 +177,15 @@ def load_mnist(data=None, url=MNIST_URL, sha256=MNIST_SHA256, cache_dir=None):
     """
     if data is None:
         return load_npz(download(url, sha256, cache_dir or keras_cache_dir()))
-    if os.path.isdir(data):
-        return load_idx_folder(data)
-    if not os.path.exists(data):
+    check_data(data)
+    return load_idx_folder(data) if os.path.isdir(data) else load_npz(data)
+
+
+def check_data(data):
+    """A --data that names nothing is refused (None: the download, nothing to check)."""
+    if data is not None and not os.path.exists(data):
         raise UsageError(f"--data {data} does not exist; give the path of a mnist.npz or of a "
                          "folder holding the four IDX files")
-    return load_npz(data)
 
 
 def as_sequences(images):

@@ -6,6 +6,7 @@ import numpy as np
 
 from .graphs import rows_spec, traced_once
 from .lazy_tensorflow import keras, tf
+from .mnist_files import as_sequences
 from .orders import reading_of, sequences_of
 
 
@@ -118,6 +119,16 @@ def how_it_reads(model, x):
     return {"readout": readout(np.asarray(x, np.float32)).numpy()[:, steps],
             "state": {name: values[:, steps][..., units] for name, values in trace.items()},
             "steps": steps + 1, "units": units, "unit_digits": digits}
+
+
+def read_one(model, image):
+    """How the network reads one digit, MNIST's uint8 [28, 28]: how_it_reads's record for it
+    alone ("readout" [S, classes], "state" {name: [S, K]}, "steps", "units", "unit_digits"),
+    with its answer, "digit" and "probabilities", the readout after the last step."""
+    reading = how_it_reads(model, as_sequences(np.asarray(image)[None]))
+    readout = reading["readout"][0]
+    return dict(reading, readout=readout, state={name: v[0] for name, v in reading["state"].items()},
+                digit=int(readout[-1].argmax()), probabilities=readout[-1])
 
 
 def traced_readout(model):

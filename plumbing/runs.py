@@ -263,15 +263,15 @@ def resumed_settings(args, given):
     for key in (RESUMABLE_SETTINGS & set(given)) | SESSION_SETTINGS:
         setattr(settings, key, getattr(args, key))
     settings.run_name = name
-    refuse_finished(settings, run_dir, tested_epochs(run_dir))  # now, before the data and the model
+    refuse_finished(settings, run_dir, tested(run_dir, "epochs", int))  # now, before the data and the model
     return settings, run_dir
 
 
-def tested_epochs(run_dir):
-    """The epochs a run had trained when it was tested (its metrics.json), or None."""
+def tested(run_dir, key, kind):
+    """`kind` of the `key` that a run's metrics.json records, or None (unfinished, or no run)."""
     try:
         with open(os.path.join(run_dir, "metrics.json")) as f:
-            return int(json.load(f)["epochs"])
+            return kind(json.load(f)[key])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -22,10 +22,9 @@ import numpy as np
 from .errors import STOP_SIGNALS, UsageError
 from .graphs import configure_for_predicting
 from .lazy_tensorflow import quiet_tensorflow
-from .mnist_files import as_sequences
 from .pictures import decode_picture, to_mnist_form
 from .orders import order_name, reading_of, reading_words
-from .reading import how_it_reads, recurrent_layers, voting_units
+from .reading import how_it_reads, read_one, recurrent_layers, voting_units
 from .using import load_trained_model, model_line, model_path, tested_accuracy
 
 
@@ -68,11 +67,11 @@ class Reader:
         if seen is None:
             raise UsageError("the picture is blank: no digit to read")
         with self.lock:  # the model's traced functions are built on first use: once
-            reading = how_it_reads(self.model, as_sequences(seen[None]))
-        readout = reading["readout"][0]
-        return {"digit": int(readout[-1].argmax()), "probabilities": rounded(readout[-1]),
-                "readout": rounded(readout), "steps": reading["steps"].tolist(), "seen": seen.tolist(),
-                "state": {name: rounded(values[0]) for name, values in reading["state"].items()},
+            reading = read_one(self.model, seen)
+        return {"digit": reading["digit"], "probabilities": rounded(reading["probabilities"]),
+                "readout": rounded(reading["readout"]), "steps": reading["steps"].tolist(),
+                "seen": seen.tolist(),
+                "state": {name: rounded(values) for name, values in reading["state"].items()},
                 "units": reading["units"].tolist(), "unit_digits": reading["unit_digits"].tolist()}
 
 

@@ -14,11 +14,11 @@ from .errors import Fault, Refused, UsageError
 from .graphs import configure_for_predicting, predict
 from .lazy_tensorflow import keras, quiet_tensorflow, tf
 from .metrics import confusion_matrix, per_class, scores
-from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
+from .mnist_files import FEATURES, MAX_PIXEL, NUM_CLASSES, TIMESTEPS, as_sequences, check_data, load_mnist
 from .pictures import decode_picture, picture_bytes, read_picture, to_mnist_form, write_png
 from .orders import reading_order_layer
 from .reading import rebuilt
-from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, counted, newest_model_run, trial_of
+from .runs import DEFAULT_LOGDIR, MODEL_FILE, REASON_CHARS, counted, newest_model_run, tested, trial_of
 
 
 def damaged_archive(path):
@@ -76,11 +76,7 @@ def model_path(path, logdir=DEFAULT_LOGDIR):
 
 def tested_accuracy(run_dir):
     """The test accuracy in a run folder's metrics.json, or None (unfinished, or no run)."""
-    try:
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            return float(json.load(f)["test_accuracy"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return tested(run_dir, "test_accuracy", float)
 
 
 def model_line(path, picked):
@@ -160,8 +156,7 @@ def export_model(model, out_dir, tflite=False):
 def evaluate_command(args):
     """The whole test set through a trained model: printed tables, and the figures returned."""
     path = model_path(args.model, args.logdir)  # found before TensorFlow is imported
-    if args.data is not None and not os.path.exists(args.data):
-        load_mnist(args.data)  # its one line, before TensorFlow too
+    check_data(args.data)  # its one line, before TensorFlow too
     quiet_tensorflow(args.verbose)
     configure_for_predicting()
     model, path = load_trained_model(path)  # before the data: no download for a model that fails
