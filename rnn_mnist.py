@@ -26,20 +26,17 @@ plumbing it calls (data files, tf.distribute, checkpoints, pictures, the page's
 server, the command line) is in the package `plumbing/`, one module per concern.
 """
 
-import json
 import os
-import time
 
 from plumbing.installed import require_installed
 
 require_installed(command=__name__ == "__main__")  # first: a missing package named in one line
 
 import numpy as np  # noqa: E402 (after the check above, like every import below)
-from tqdm.auto import tqdm
 
 from plumbing import checkpoints, cli, distribute, faults, orders, runs, server, using
 from plumbing.atomic import write_json
-from plumbing.batches import batches_in, chunked, prefetched
+from plumbing.batches import batches_in
 from plumbing.errors import Diverged, Error, Fault, Interrupted, Stopped, UsageError  # noqa: F401 (for callers)
 from plumbing.figures import epoch_pictures
 from plumbing.reading import read_one
@@ -47,7 +44,8 @@ from plumbing.graphs import configure_for_predicting, predict
 from plumbing.lazy_tensorflow import keras, quiet_tensorflow, runtime_log_held, tf
 from plumbing.metrics import confusion_matrix, scores
 from plumbing.mnist_files import FEATURES, NUM_CLASSES, TIMESTEPS, as_sequences, load_mnist
-from plumbing.summaries import SummaryBuffer, log_run_start, log_test_results, log_weights_and_gradients
+from plumbing.summaries import log_test_results, log_weights_and_gradients
+from plumbing.training_hooks import TrainingHooks
 
 # ----------------------------------------------------------------------------
 # The recipe's settings: each is a flag of the same name (batch_size: --batch-size),
@@ -121,9 +119,9 @@ def epoch_batches(x, y, batch_size, seed, epoch, max_shift=0, first_step=0):
     batches it would have had. A plain generator rather than tf.data: a dataset
     would copy the whole training set into its graph every epoch.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(len(x))
+    shuffled = np.random.default_rng([seed, epoch]).permutation(len(x))
     for step in range(first_step, batches_in(len(x), batch_size)):
-        index = order[step * batch_size:(step + 1) * batch_size]
+        index = shuffled[step * batch_size:(step + 1) * batch_size]
         images = x[index]
         if max_shift:
             images = shift_randomly(images, max_shift, [seed, epoch, step])
@@ -247,144 +245,66 @@ EPOCH_TAGS = {"accuracy": "epochs/accuracy", "loss": "epochs/loss",
 
 
 class Training:
-    """The loop over epochs and steps of one run.
+    """The loop over epochs and steps of one run: a step, a validation, a summary.
 
     Written as a loop over steps rather than `model.fit`, because fit cannot start in
     the middle of an epoch, checkpoint every N steps, or stop cleanly on a signal
-    between two calls of the graph. `summaries` is None where nothing is logged (a
-    worker that is not the chief).
+    between two calls of the graph. That machinery is in `hooks` (plumbing/training_hooks.py),
+    which the loop calls. `summaries` is None where nothing is logged (a worker that is not
+    the chief).
     """
 
-    def __init__(self, state, train_data, val_data, settings, run_dir, summaries, quiet, placement):
-        self.state, self.settings, self.summaries = state, settings, summaries
-        worker = placement.worker
-        self.chief, self.alone = worker.chief, worker.count == 1
-        (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
-        self.model = state.model
+    def __init__(self, state, data, settings, run_dir, summaries, placement):
+        self.model, self.settings, self.summaries = state.model, settings, summaries
+        (self.x, self.y), (self.x_val, self.y_val) = data
         self.train_step = training_step(self.model, placement.strategy, settings.steps_per_execution,
                                         settings.clip_norm)
-        self.steps_per_epoch = batches_in(len(self.x), settings.batch_size)
-        self.model_path = os.path.join(run_dir, runs.MODEL_FILE)
-        self.global_step = int(state.optimizer.iterations.numpy())
-        self.quiet = quiet or not worker.chief
-        self.checkpoints = checkpoints.Checkpoints(state, run_dir, summaries, worker)
-        self.watchdog = distribute.watchdog_for(worker, lambda: runs.how_to_go_on(run_dir))
+        self.hooks = TrainingHooks(state, settings, run_dir, summaries, placement.worker, len(self.x),
+                                   self.log_step)
 
     def fit(self):
-        """Train from wherever the state stands to `settings.epochs`, checkpointing as it
-        goes; the finished epochs' records."""
-        state, settings = self.state, self.settings
-        bar = tqdm(total=settings.epochs, initial=int(state.epoch.numpy()), desc="training",
-                   unit="epoch", dynamic_ncols=True, disable=True if self.quiet else None)
-        try:
-            with runs.StopRequest() as stop:
-                for epoch in range(int(state.epoch.numpy()), settings.epochs):
-                    record = self.epoch(epoch, stop)
-                    monitored = self.end_epoch(epoch + 1, record)
-                    if not self.quiet:
-                        bar.write(epoch_line(epoch + 1, settings.epochs, record))
-                    bar.set_postfix(val_acc=f"{monitored:.2%}", refresh=False)
-                    bar.update(1)
-                    if stop.signal is not None:  # asked while the epoch ended: it is saved now
-                        raise Interrupted(stop.signal)
-        except BaseException:  # no half-drawn bar stays above the message on why training stopped
-            bar.leave = False
-            raise
-        finally:
-            bar.close()
-            self.checkpoints.close()
-            if self.watchdog is not None:
-                self.watchdog.stop()
-        return checkpoints.history_of(state)
+        """Train from wherever the run stands to `settings.epochs`; the finished epochs' records."""
+        epochs = self.settings.epochs
+        with self.hooks.epochs() as left:  # under a progress bar, Ctrl-C a request to stop
+            for epoch in left:
+                record = self.train_epoch(epoch)
+                probabilities = self.validate(record)
+                self.log_epoch(epoch + 1, record, probabilities)
+                accuracy = record.get("val_accuracy", record["accuracy"])  # picks the best epoch
+                self.hooks.end_epoch(epoch + 1, record, accuracy, epoch_line(epoch + 1, epochs, record))
+        return self.hooks.history()
 
-    def epoch(self, epoch, stop):
-        """The steps of one epoch, from where the state stands; the epoch's training record."""
-        state, settings = self.state, self.settings
-        step = first_step = int(state.step_in_epoch.numpy())
-        sums = state.epoch_sums.numpy()  # loss, correct, images so far in this epoch
-        bar = tqdm(total=self.steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}",
-                   unit="batch", leave=False, dynamic_ncols=True,
-                   disable=True if self.quiet else None)  # None: no bars where stderr is no terminal
-        timed = state.epoch_timed.numpy()  # images, seconds of this epoch before a resume
-        started = mark = time.perf_counter()
-        seen_here = 0
-        calls = prefetched(chunked(epoch_batches(self.x, self.y, settings.batch_size, settings.seed,
-                                                 epoch, settings.shift, first_step),
-                                   settings.steps_per_execution, settings.checkpoint_every,
-                                   self.global_step))
-        try:
-            for batches in calls:
-                losses, corrects, stops = self.train_step(batches, stop.signal is not None,
-                                                          settings.batch_size)
-                for loss, correct, (_, labels) in zip(losses, corrects, batches):
-                    if not np.isfinite(loss):
-                        raise Diverged(f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}")
-                    n = len(labels)
-                    sums = sums + [loss * n, correct, n]
-                    seen_here, step, self.global_step = seen_here + n, step + 1, self.global_step + 1
-                    self.log_batch(loss, correct / n)
-                bar.set_postfix(ordered_dict={"loss": f"{sums[0] / sums[2]:.4f}",
-                                              "acc": f"{sums[1] / sums[2]:.2%}"}, refresh=False)
-                bar.update(len(batches))
-                self.heard_from_all()
-                # Asked here, or on another worker: every worker stops after the same step.
-                # A request during a call is seen by the next (the signal waits for Python);
-                # alone, a worker need not wait for that one to agree.
-                stops = stops or (self.alone and stop.signal is not None)
-                if stops or self.global_step % settings.checkpoint_every == 0:
-                    mark = self.add_training_time(mark)
-                    self.checkpoints.save(self.global_step, step, sums,
-                                          timed + [seen_here, mark - started])
-                if stops:
-                    raise Interrupted(stop.signal)  # None: the request came to another worker
-        finally:
-            bar.close()
-        mark = self.add_training_time(mark)
-        images, seconds = timed + [seen_here, mark - started]
-        return {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
-                "learning_rate": learning_rate_now(self.model),
-                "samples_per_second": images / seconds if images else None}  # None: not timed
-                # (all its steps ran before a resume, from a checkpoint that kept no time)
+    def train_epoch(self, epoch):
+        """The steps of one epoch, from the one the run stands at; the epoch's training record."""
+        settings = self.settings
+        with self.hooks.epoch(epoch) as steps:
+            batches = epoch_batches(self.x, self.y, settings.batch_size, settings.seed, epoch,
+                                    settings.shift, steps.first)
+            for chunk in steps.calls(batches):  # made ahead; a call of the graph trains a chunk
+                losses, corrects, stops = self.train_step(chunk, steps.stop_asked(), settings.batch_size)
+                steps.done(chunk, losses, corrects, stops)  # counted, logged, checkpointed, stopped
+        return steps.record(learning_rate_now(self.model))
 
-    def end_epoch(self, epoch, record):
-        """Validate, keep the best model, log the epoch and checkpoint; the accuracy that
-        picks the best epoch."""
-        state, probabilities = self.state, None
-        if len(self.x_val):
-            probabilities = predict(self.model, self.x_val)
-            record.update({f"val_{k}": v for k, v in scores(probabilities, self.y_val).items()})
-        monitored = record.get("val_accuracy", record["accuracy"])
-        best = monitored > state.best_val_accuracy.numpy()
-        if best:
-            state.best_val_accuracy.assign(monitored)
-            state.best_epoch.assign(epoch)
-        if self.summaries is not None:
-            self.log_epoch(epoch, record, probabilities)
-        state.history.assign(json.dumps(checkpoints.history_of(state) + [record]))
-        state.epoch.assign(epoch)
-        with runs.best_model_in_place(self.model, self.model_path, best and self.chief):
-            self.checkpoints.save(self.global_step, 0, [0.0, 0.0, 0.0], [0.0, 0.0])
-        self.heard_from_all()
-        return monitored
+    def validate(self, record):
+        """Add the validation images' loss and accuracy to the epoch's `record`; their
+        probabilities (None without validation images)."""
+        if not len(self.x_val):
+            return None
+        probabilities = predict(self.model, self.x_val)
+        record.update({f"val_{k}": v for k, v in scores(probabilities, self.y_val).items()})
+        return probabilities
 
-    def add_training_time(self, since):
-        now = time.perf_counter()
-        self.state.train_seconds.assign_add(now - since)
-        return now
-
-    def heard_from_all(self):  # a step or a checkpoint done: every worker took part
-        if self.watchdog is not None:
-            self.watchdog.alive()
-
-    def log_batch(self, loss, accuracy):
-        if self.summaries is not None and self.global_step % self.settings.log_every == 0:
-            self.summaries.add("train", "steps/loss", loss, self.global_step)
-            self.summaries.add("train", "steps/accuracy", accuracy, self.global_step)
+    def log_step(self, step, loss, accuracy):
+        if self.summaries is not None and step % self.settings.log_every == 0:
+            self.summaries.add("train", "steps/loss", loss, step)
+            self.summaries.add("train", "steps/accuracy", accuracy, step)
 
     def log_epoch(self, epoch, record, probabilities):
         """The epoch's scalars (train and validation, which TensorBoard overlays), the
         histograms of weights and gradients, and every `--figures-every` epochs the pictures."""
         summaries, settings = self.summaries, self.settings
+        if summaries is None:
+            return
         for key, tag in EPOCH_TAGS.items():
             if record[key] is not None:
                 summaries.add("train", tag, record[key], epoch)
@@ -473,24 +393,12 @@ def train_and_test(settings, run_dir, resuming, placement, train, test):
     state = checkpoints.training_state(model)
     if resuming:
         runs.resume(state, settings, run_dir, len(train_data[0]), quiet=settings.quiet or not worker.chief)
-    if not worker.chief:
-        print(f"worker {worker.index} of {worker.count}: training; worker 0, the chief, shows the "
-              "progress", flush=True)
-    if worker.chief:  # the chief writes the run folder
-        config = runs.run_config(settings, run_dir, model, placement, images={
-            "train": len(train_data[0]), "validation": len(val_data[0]), "test": len(test[0])})
-        write_json(os.path.join(run_dir, "config.json"), config)
-    summaries = SummaryBuffer(run_dir) if worker.chief else None
-    if worker.chief and not resuming:
-        log_run_start(summaries, model, config, RECIPE)
-    try:
-        history = Training(state, train_data, val_data, settings, run_dir, summaries,
-                           settings.quiet, placement).fit()
-    except (Interrupted, Diverged, *distribute.worker_lost_errors(worker)) as stop:
-        runs.report_stop(stop, state, settings, run_dir, worker)
-    finally:
-        if summaries is not None:
-            summaries.close()
+    images = {"train": len(train_data[0]), "validation": len(val_data[0]), "test": len(test[0])}
+    with runs.records(settings, run_dir, model, placement, images, RECIPE, resuming) as summaries:
+        try:
+            history = Training(state, (train_data, val_data), settings, run_dir, summaries, placement).fit()
+        except (Interrupted, Diverged, *distribute.worker_lost_errors(worker)) as stop:
+            runs.report_stop(stop, state, settings, run_dir, worker)
     if worker.count > 1:
         print(distribute.finished_line(worker, model), flush=True)
     if not worker.chief:
@@ -563,8 +471,9 @@ def read(model, image):
 # ----------------------------------------------------------------------------
 # The commands
 
-USES = {"evaluate": using.evaluate_command, "predict": using.predict_command,
-        "export": using.export_command, "serve": server.serve_command}
+USES = {  # the commands that use a trained model (plumbing/cli.py's PARSERS names them all)
+    "evaluate": using.evaluate_command, "predict": using.predict_command,
+    "export": using.export_command, "serve": server.serve_command}
 
 
 def main(argv=None):

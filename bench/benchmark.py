@@ -106,8 +106,7 @@ def time_to_accuracy(settings, where, mnist):
         target_epochs = settings.epochs
         for epoch in range(1, target_epochs + 1):
             settings.epochs = epoch
-            rnn_mnist.Training(state, train_data, val_data, settings, run_dir, buffer, True,
-                               where).fit()
+            rnn_mnist.Training(state, (train_data, val_data), settings, run_dir, buffer, where).fit()
             accuracy = metrics.evaluate(model, x_test, y_test)["accuracy"]
             seconds = float(state.train_seconds.numpy())
             curve.append({"epoch": epoch, "train_seconds": round(seconds, 1),

@@ -18,9 +18,10 @@ does nothing else: `installed.require_installed` is the script's first call.
     locks            a run folder held by one process, on any system
     runs             run folders (one process each), their config, resume, and stops
     checkpoints      the training state, saved as it goes; the newest that reads found again
+    training_hooks   the training loop's machinery: bars, checkpoints due, the agreed stop
     faults           a full disk, an unwritable folder, a stop outside the loop: one line
     summaries        TensorBoard's event files: graph, config, hparams, histograms
-    reading          how the network reads: readout after every row, units' gates
+    reading          how the network reads: readout after every step, units' gates
     figures          the pictures TensorBoard shows each epoch
     pictures         people's own pictures of a digit, decoded and made MNIST-like
     using            a trained model: evaluate, predict, export

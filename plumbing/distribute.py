@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .errors import STOP_SIGNALS, UsageError, say
-from .graphs import rows_spec, slice_bounds, traced_once
+from .graphs import input_spec, slice_bounds, traced_once
 from .cores import cpu_replicas, operations_at_once, usable_cores
 from .lazy_tensorflow import configure_tensorflow, tf
 
@@ -60,9 +60,9 @@ def worker_from_tf_config(text):
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(members):
         raise UsageError(f"TF_CONFIG's task index {index!r} is out of range: its cluster has "
                          f"{len(members)} {role}(s), numbered 0 to {len(members) - 1}")
-    order = cluster.get("chief", []) + cluster.get("worker", [])  # the chief counts first
+    members = cluster.get("chief", []) + cluster.get("worker", [])  # the chief counts first
     rank = index + (len(cluster.get("chief", [])) if role == "worker" else 0)
-    return Worker(rank, len(order), rank == 0)
+    return Worker(rank, len(members), rank == 0)
 
 
 class Placement(collections.namedtuple(
@@ -328,7 +328,7 @@ def build_steps_graph(model, strategy, slots, replica_step):
 
     if strategy.num_replicas_in_sync == 1:  # plain tensors: a signature saves a retrace and time
         graph = tf.function(all_replicas_steps, autograph=False, input_signature=[
-            tf.TensorSpec((slots, *rows_spec(model).shape), tf.float32), tf.TensorSpec((slots, None), tf.int32),
+            tf.TensorSpec((slots, *input_spec(model).shape), tf.float32), tf.TensorSpec((slots, None), tf.int32),
             tf.TensorSpec((slots, None), tf.float32), tf.TensorSpec((slots,), tf.float32),
             tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)])
     else:  # each replica's part: a tensor per replica, which a signature cannot name. (Cut

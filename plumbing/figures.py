@@ -153,7 +153,7 @@ SEEN_DIGITS = 3  # digits in the picture of the pixels read so far
 SEEN_SNAPSHOTS = 7  # moments of the reading shown for each
 
 
-def draw_seen(images, order, pixels_per_step, steps, title):
+def draw_seen(images, pixel_order, pixels_per_step, steps, title):
     """For each digit, the image after several of the steps shown, its unread pixels blank:
     for a permuted model, the image filling in in its scrambled order."""
     moments = steps[np.linspace(0, len(steps) - 1, min(SEEN_SNAPSHOTS, len(steps))).round().astype(int)]
@@ -164,7 +164,7 @@ def draw_seen(images, order, pixels_per_step, steps, title):
     for i, image in enumerate(images):
         for k, step in enumerate(moments):
             read = np.zeros(image.size, bool)
-            read[order[:step * pixels_per_step]] = True
+            read[pixel_order[:step * pixels_per_step]] = True
             shown = np.where(read[:, None], image.reshape(-1, 1), [[0.12, 0.16, 0.42]])  # unread: blue
             y, x = i * (size + top) + top, k * (size + gap)
             mosaic[y:y + size, x:x + size] = shown.reshape(size, size, 3)
@@ -210,11 +210,11 @@ def reading_pictures(model, images, captions, epoch):
     """How the model reads these digits: its prediction and its units after each row (or step
     shown), and for a model that reads in another order, the pixels it has read so far."""
     pictures, reading = {}, how_it_reads(model, images)
-    order, pixels_per_step = reading_of(model)
-    plain, steps = reads_plain_rows(order_name(order), pixels_per_step), reading["steps"]
+    pixel_order, pixels_per_step = reading_of(model)
+    plain, steps = reads_plain_rows(order_name(pixel_order), pixels_per_step), reading["steps"]
     # a model that reads in another order: its steps shown top to bottom, and said which
     along, ends = ("row by row", ("row 0", "row 27")) if plain else (
-        f"step by step ({reading_words(order, pixels_per_step)}; {shown_words(steps)})",
+        f"step by step ({reading_words(pixel_order, pixels_per_step)}; {shown_words(steps)})",
         (f"step {steps[0]}", f"step {steps[-1]}"))
     after = "row" if plain else "step shown"
     pictures["how_it_reads/prediction_row_by_row"] = draw_rows(
@@ -235,7 +235,7 @@ def reading_pictures(model, images, captions, epoch):
             "to +1 (red)."))
     if not plain:
         pictures["how_it_reads/pixels_seen"] = draw_seen(
-            images[:SEEN_DIGITS], order, pixels_per_step, steps,
-            f"epoch {epoch}: the pixels read by each step shown ({reading_words(order, pixels_per_step)}); "
+            images[:SEEN_DIGITS], pixel_order, pixels_per_step, steps,
+            f"epoch {epoch}: the pixels read by each step shown ({reading_words(pixel_order, pixels_per_step)}); "
             "those still unread dark blue")
     return pictures

@@ -25,8 +25,9 @@ def slice_bounds(n, slices):
     return list(zip(edges, edges[1:]))
 
 
-def rows_spec(model, name=None):
-    """The signature of a batch of images for `model`'s traced functions: [N, rows, pixels]."""
+def input_spec(model, name=None):
+    """The signature of a batch of `model`'s input, for its traced functions: images [N, 28, 28]
+    (each row a step, or the image that a first layer reads in another order)."""
     return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=name)
 
 
@@ -49,7 +50,7 @@ def predict(model, x, batch_size=PREDICT_BATCH, slices=None):
     slices = slices or predict_slices(usable_cores(), batch_size)
 
     def build():
-        @tf.function(input_signature=[rows_spec(model)])
+        @tf.function(input_signature=[input_spec(model)])
         def probabilities(images):
             return tf.concat([model(images[start:end], training=False)
                               for start, end in slice_bounds(tf.shape(images)[0], slices)], axis=0)

@@ -17,7 +17,6 @@ from .mnist_files import FEATURES, TIMESTEPS
 PIXELS = TIMESTEPS * FEATURES  # 784
 ORDERS = ("rows", "columns", "permuted")
 BIT_REVERSAL = "bitrev"
-DEFAULT_PERMUTATION = "0"  # the seed of the permutation that --order permuted uses unless told
 UNROLL_MAX_STEPS = 56  # the longest sequence a model unrolls on a CPU (rnn_mnist.make_model says why)
 STEPS_OF = sorted(k for k in range(1, PIXELS + 1) if PIXELS % k == 0)  # the K that divide 784
 
@@ -27,18 +26,18 @@ def reads_plain_rows(order, pixels_per_step):
     return order == "rows" and pixels_per_step == FEATURES
 
 
-def order_name(order):
+def order_name(pixel_order):
     """rows, columns or permuted: which order a model's pixel order [784] is."""
     pixels = np.arange(PIXELS)
-    if np.array_equal(order, pixels):
+    if np.array_equal(pixel_order, pixels):
         return "rows"
-    return "columns" if np.array_equal(order, pixels.reshape(TIMESTEPS, FEATURES).T.reshape(-1)) else "permuted"
+    return "columns" if np.array_equal(pixel_order, pixels.reshape(TIMESTEPS, FEATURES).T.reshape(-1)) else "permuted"
 
 
-def reading_words(order, pixels_per_step):
+def reading_words(pixel_order, pixels_per_step):
     """How a model reads, in words: 'permuted, 16 pixels a step (49 steps)'."""
     pixels = "1 pixel" if pixels_per_step == 1 else f"{pixels_per_step} pixels"
-    return f"{order_name(order)}, {pixels} a step ({PIXELS // pixels_per_step} steps)"
+    return f"{order_name(pixel_order)}, {pixels} a step ({PIXELS // pixels_per_step} steps)"
 
 
 @functools.cache
@@ -71,9 +70,9 @@ def reading_order_layer():
     return ReadingOrder
 
 
-def reorder_layer(order, pixels_per_step):
-    """The layer that reads an image in `order` (the pixel read at each place), K a step."""
-    return reading_order_layer()(order, pixels_per_step, name="reading_order")
+def reorder_layer(pixel_order, pixels_per_step):
+    """The layer that reads an image in `pixel_order` (the pixel read at each place), K a step."""
+    return reading_order_layer()(pixel_order, pixels_per_step, name="reading_order")
 
 
 def reading_layer(model):
@@ -97,6 +96,6 @@ def sequences_of(model, x):
 
 def reading_fingerprint(model):
     """How `model` reads, as its checkpoints record it: K, and a digest of the pixel order."""
-    order, pixels_per_step = reading_of(model)
-    digest = hashlib.sha256(order.astype("<i4").tobytes()).hexdigest()[:16]
+    pixel_order, pixels_per_step = reading_of(model)
+    digest = hashlib.sha256(pixel_order.astype("<i4").tobytes()).hexdigest()[:16]
     return f"{pixels_per_step} pixels a step, pixel order sha256:{digest}"

@@ -4,7 +4,7 @@ chosen units, step by step; of a long sequence, 28 of its steps."""
 
 import numpy as np
 
-from .graphs import rows_spec, traced_once
+from .graphs import input_spec, traced_once
 from .lazy_tensorflow import keras, tf
 from .mnist_files import as_sequences
 from .orders import reading_of, sequences_of
@@ -27,7 +27,8 @@ def rebuilt(model, change):
 
 
 def readout_model(model):
-    """The same network, but its head reads the state after every row, not only the last."""
+    """The same network, but its head reads the state after every step (a row, or K pixels of
+    its order), not only the last."""
     return rebuilt(model, lambda recurrent: recurrent[-1].update(return_sequences=True))
 
 
@@ -114,8 +115,8 @@ def how_it_reads(model, x):
     readout = traced_once(model, "readout", lambda: traced_readout(model))
     trace, _ = unit_trace(model, x)
     units, digits = voting_units(model)
-    order, pixels_per_step = reading_of(model)
-    steps = shown_steps(len(order) // pixels_per_step)
+    pixel_order, pixels_per_step = reading_of(model)
+    steps = shown_steps(len(pixel_order) // pixels_per_step)
     return {"readout": readout(np.asarray(x, np.float32)).numpy()[:, steps],
             "state": {name: values[:, steps][..., units] for name, values in trace.items()},
             "steps": steps + 1, "units": units, "unit_digits": digits}
@@ -133,4 +134,4 @@ def read_one(model, image):
 
 def traced_readout(model):
     copy = readout_model(model)
-    return tf.function(lambda rows: copy(rows, training=False), input_signature=[rows_spec(model)])
+    return tf.function(lambda images: copy(images, training=False), input_signature=[input_spec(model)])

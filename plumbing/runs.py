@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 
-from .atomic import replaced_atomically
+from .atomic import replaced_atomically, write_json
 from .batches import batches_in
 from .distribute import agree_with_chief
 from .checkpoints import epochs_trained, newest_saved, restore
@@ -26,6 +26,7 @@ from .errors import REASON_CHARS, STOP_SIGNALS, Diverged, Fault, Interrupted, St
 from .lazy_tensorflow import keras, tf
 from .locks import LOCK_FILE, Busy, held
 from .mnist_files import TRAIN_IMAGES
+from .summaries import SummaryBuffer, log_run_start
 
 DEFAULT_LOGDIR = "Visualize"
 MODEL_FILE = "model.keras"  # in each run folder: the best model by validation accuracy
@@ -189,6 +190,25 @@ def run_config(settings, run_dir, model, placement, images):
                   python=platform.python_version(), machine=platform.machine())
     config.pop("resume")
     return config
+
+
+@contextlib.contextmanager
+def records(settings, run_dir, model, placement, images, hparams_keys, resuming):
+    """The run's records while it trains: the chief writes config.json and, for a new run, the
+    graph, config and hyperparameters (`hparams_keys`) to TensorBoard, and holds the summaries
+    it yields until each checkpoint; another worker records nothing (None)."""
+    if not placement.worker.chief:
+        yield None
+        return
+    config = run_config(settings, run_dir, model, placement, images)
+    write_json(os.path.join(run_dir, "config.json"), config)
+    summaries = SummaryBuffer(run_dir)
+    try:
+        if not resuming:
+            log_run_start(summaries, model, config, hparams_keys)
+        yield summaries
+    finally:
+        summaries.close()
 
 
 def agreed_run(strategy, worker, settings, run_dir, args, given):

@@ -49,13 +49,13 @@ class Reader:
         self.model, self.lock = model, threading.Lock()
         units, digits = voting_units(model)
         run_dir = os.path.dirname(path)
-        order, pixels_per_step = reading_of(model)
+        pixel_order, pixels_per_step = reading_of(model)
         self.about = {"model": path, "run": os.path.basename(run_dir),
                       "test_accuracy": tested_accuracy(run_dir),
                       "cell": type(recurrent_layers(model)[-1]).__name__, "units": units.tolist(),
-                      "unit_digits": digits.tolist(), "reads": reading_words(order, pixels_per_step),
-                      "order": order_name(order), "pixels_per_step": pixels_per_step,
-                      "steps": len(order) // pixels_per_step, "pixel_order": order.tolist()}
+                      "unit_digits": digits.tolist(), "reads": reading_words(pixel_order, pixels_per_step),
+                      "order": order_name(pixel_order), "pixels_per_step": pixels_per_step,
+                      "steps": len(pixel_order) // pixels_per_step, "pixel_order": pixel_order.tolist()}
         how_it_reads(model, np.zeros((1, *model.input_shape[1:]), np.float32))  # traced now, so
         # the first drawing is answered as fast as the others
 

@@ -3,7 +3,7 @@ config and hyperparameters, histograms of weights and gradients, the test result
 
 import os
 
-from .graphs import rows_spec
+from .graphs import input_spec
 from .lazy_tensorflow import tf
 from .metrics import per_class
 
@@ -43,7 +43,7 @@ class SummaryBuffer:
 def log_model_graph(summaries, model):
     """The forward pass's graph, for TensorBoard's Graphs dashboard."""
     forward = tf.function(lambda rows: model(rows, training=False))
-    graph = forward.get_concrete_function(rows_spec(model, name="rows")).graph
+    graph = forward.get_concrete_function(input_spec(model, name="rows")).graph
     with summaries.writers[""].as_default():
         tf.summary.graph(graph)
 

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 
@@ -176,6 +177,19 @@ def test_readme_flag_tables_match_help(monkeypatch, command):
     for flag, default in in_help.items():
         if default not in (None, "None", "False"):
             assert in_readme[flag] == default, flag
+
+
+def test_the_flag_reference_is_the_one_the_parsers_make():
+    made = runpy.run_path(os.path.join(REPO, "docs", "make_flags.py"))["reference"]()
+    written = open(os.path.join(REPO, "docs", "flags.md")).read()
+    assert written == made, "docs/flags.md is not what the parsers say: run python docs/make_flags.py"
+
+
+def test_every_command_that_uses_a_model_is_one_the_command_line_knows():
+    assert set(rnn_mnist.USES) == set(cli.COMMANDS) - {"train"}
+    assert cli.COMMANDS[0] == "train"  # what runs without a command
+    epilog = cli.parser_of("train", rnn_mnist.RECIPE, rnn_mnist.RECURRENT_CELLS).epilog
+    assert epilog.startswith(f"Other commands: {', '.join(rnn_mnist.USES)} ")
 
 
 def modules_loaded_by(*argv):

@@ -271,13 +271,13 @@ def test_a_signal_after_the_last_checkpoint_leaves_a_run_whose_test_resume_finis
         if where == "test":  # while the best model is tested
             signal_during(patched, rnn_mnist, "test_and_record", signal.SIGTERM)
         else:  # while the last epoch is validated: the loop stops once it is saved
-            end_epoch = rnn_mnist.Training.end_epoch
+            validate = rnn_mnist.Training.validate
 
-            def late_end_epoch(self, epoch, record):
-                if epoch == 2:
+            def late_validate(self, record):
+                if int(self.hooks.state.epoch.numpy()) == 1:  # the second epoch's
                     signal.raise_signal(signal.SIGTERM)
-                return end_epoch(self, epoch, record)
-            patched.setattr(rnn_mnist.Training, "end_epoch", late_end_epoch)
+                return validate(self, record)
+            patched.setattr(rnn_mnist.Training, "validate", late_validate)
         status, out, err = resumed(argv, capsys)
     assert status == 128 + signal.SIGTERM
     lines = err.splitlines()

@@ -216,14 +216,14 @@ def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_pa
 def stop_after(monkeypatch, global_step):
     """Ask the run to stop (as Ctrl-C does) once it has trained `global_step` steps."""
     requests = []
-    enter, log_batch = runs.StopRequest.__enter__, rnn_mnist.Training.log_batch
+    enter, log_step = runs.StopRequest.__enter__, rnn_mnist.Training.log_step
     monkeypatch.setattr(runs.StopRequest, "__enter__", lambda self: requests.append(self) or enter(self))
 
-    def log_and_ask(self, loss, accuracy):
-        log_batch(self, loss, accuracy)
-        if self.global_step == global_step:
+    def log_and_ask(self, step, loss, accuracy):
+        log_step(self, step, loss, accuracy)
+        if step == global_step:
             requests[-1].signal = signal.SIGINT
-    monkeypatch.setattr(rnn_mnist.Training, "log_batch", log_and_ask)
+    monkeypatch.setattr(rnn_mnist.Training, "log_step", log_and_ask)
 
 
 @pytest.mark.parametrize("stopped_at, where", [
