@@ -24,6 +24,14 @@ def as_command(argv):
         raise SystemExit(e.status) from None
 
 
+def one_quick(cases, ids, quick=0):
+    """pytest.param of each case: the one at index `quick` in the quick tier, the others in the
+    full one (the same behaviour, other inputs)."""
+    return [pytest.param(*(case if isinstance(case, tuple) else (case,)), id=name,
+                         marks=() if i == quick else pytest.mark.full)
+            for i, (case, name) in enumerate(zip(cases, ids))]
+
+
 def synthetic_mnist(n_train=240, n_test=60, seed=0):
     """Random uint8 digits in MNIST's shapes: each class is a bright band at its own rows."""
     rng = np.random.default_rng(seed)
@@ -167,7 +175,8 @@ def user_pictures(tmp_path_factory):
 
 
 FULL_TIER = ("the full tier: the slow end-to-end tests (real data, the browser, workers, load, "
-             "faults of whole processes), run with --full")
+             "faults of whole processes, fresh processes) and the other inputs of a behaviour "
+             "the quick tier tries once, run with --full")
 
 
 def pytest_addoption(parser):

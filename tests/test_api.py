@@ -65,6 +65,7 @@ def docs_example():
     return "\n".join(line[4:] for line in block.splitlines())
 
 
+@pytest.mark.full
 def test_the_docs_python_example_runs_as_written_and_quietly(tmp_path):
     # Where the example expects them: ../shared/data/mnist.npz (here: synthetic digits, as many
     # training images as the default validation needs and a few batches more) and examples/.

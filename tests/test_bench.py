@@ -21,6 +21,7 @@ for epoch in range(1, int(options["--epochs"]) + 1):
 """
 
 
+@pytest.mark.full
 def test_the_benchmark_names_its_recipe_and_gives_the_peer_the_same(tmp_path, tiny_npz):
     import benchmark
     peer = tmp_path / "peer.py"

@@ -129,6 +129,7 @@ def run_script(*argv, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.full
 def test_console_shows_one_line_for_a_mistake_and_no_tensorflow_chatter(tmp_path, tiny_npz):
     bad = run_script("--data", str(tmp_path / "missing.npz"), cwd=tmp_path)
     assert bad.returncode == 2
@@ -268,7 +269,7 @@ def test_output_into_a_pipe_has_no_bars_but_a_line_per_epoch(tmp_path, tiny_npz)
 
 def test_max_train_samples_says_how_many_images_are_trained_on(tmp_path, tiny_npz, capsys):
     rnn_mnist.main(["--data", tiny_npz, "--logdir", str(tmp_path), "--run-name", "few",
-                    "--max-train-samples", "150", *TINY[:-1]])
+                    "--max-train-samples", "150", "--figures-every", "0", *TINY[:-1]])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == ("training on 110 images: the first 150 (--max-train-samples), less "
                                    "the last 40 held out for validation (--validation-size)")

@@ -318,6 +318,7 @@ def test_on_a_gpu_the_lstm_can_use_cudnn_and_the_cpu_thread_settings_stay_off(
     assert lstm["recurrent_dropout"] == 0 and lstm["use_bias"]
 
 
+@pytest.mark.full
 def test_a_broken_off_run_is_resumed_only_where_a_checkpoint_was_saved(tmp_path, tiny_npz):
     """What a worker that lost the others tells the user: --resume, or (no checkpoint yet) to
     start again, since a resume would find nothing to resume from."""

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import rnn_mnist
-from conftest import REPO, as_command, synthetic_mnist
+from conftest import REPO, as_command, one_quick, synthetic_mnist
 
 TINY = ["--batch-size", "32", "--validation-size", "40", "--units", "8", "--figures-every", "0",
         "--steps-per-execution", "1"]
@@ -66,7 +66,7 @@ SPOILS = {
 }
 
 
-@pytest.mark.parametrize("spoil", SPOILS, ids=list(SPOILS))
+@pytest.mark.parametrize("spoil", one_quick(list(SPOILS), list(SPOILS)))
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_an_older(run_copy, capsys, spoil):
     run_dir, argv = run_copy
     SPOILS[spoil](run_dir / "checkpoints")
@@ -83,7 +83,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_an_ol
     assert json.load(open(run_dir / "metrics.json"))["epochs"] == 3
 
 
-@pytest.mark.parametrize("listing", ["", "garbage ~~ {\n"], ids=["empty", "garbage"])
+@pytest.mark.parametrize("listing", one_quick(["", "garbage ~~ {\n"], ["empty", "garbage"], quick=1))
 def test_a_damaged_checkpoint_list_is_rebuilt_from_the_files(run_copy, capsys, listing):
     run_dir, argv = run_copy
     (run_dir / "checkpoints" / "checkpoint").write_text(listing)
@@ -174,9 +174,9 @@ def whole_deterministic(finished):
 FULL_DISK_RUN = ["--epochs", "2", "--checkpoint-every", "3", "--deterministic", "--quiet", *TINY]
 
 
-@pytest.mark.parametrize("leave_kib", [0, 16, 96, 160, 240],
-                         ids=["at-once", "config-only", "at-the-graph", "after-a-checkpoint",
-                              "after-two-checkpoints"])
+@pytest.mark.parametrize("leave_kib", one_quick(
+    [0, 16, 96, 160, 240], ["at-once", "config-only", "at-the-graph", "after-a-checkpoint",
+                            "after-two-checkpoints"], quick=3))
 def test_a_full_disk_ends_in_one_line_and_the_run_goes_on_after_more_room(
         finished, small_disk, capsys, whole_deterministic, leave_kib):
     logdir = small_disk / "runs"
@@ -233,7 +233,7 @@ def signal_during(monkeypatch, module, name, signum):
     monkeypatch.setattr(module, name, signalled)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("signum", one_quick([signal.SIGTERM, signal.SIGINT], ["sigterm", "ctrl-c"]))
 def test_a_signal_before_the_first_step_says_so_and_the_run_can_start_again(
         finished, tmp_path, capsys, monkeypatch, signum):
     argv = ["--data", str(finished / "tiny.npz"), "--epochs", "2", "--logdir", str(tmp_path),
@@ -262,7 +262,7 @@ def test_sigterm_before_the_run_folder_is_made_says_nothing_was_saved(finished, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("where", ["test", "validation"])
+@pytest.mark.parametrize("where", one_quick(["test", "validation"], ["test", "validation"]))
 def test_a_signal_after_the_last_checkpoint_leaves_a_run_whose_test_resume_finishes(
         finished, tmp_path, capsys, monkeypatch, where):
     argv = ["--data", str(finished / "tiny.npz"), "--epochs", "2", "--logdir", str(tmp_path),
@@ -318,6 +318,7 @@ def test_sigkill_before_the_first_checkpoint_leaves_a_run_that_resumes_from_its_
 # ----------------------------------------------------------------------------
 # One process to a run folder; run names
 
+@pytest.mark.full
 def test_a_run_folder_in_use_by_another_process_is_refused(finished, tmp_path, capsys):
     slow = tmp_path / "slow.npz"
     import numpy as np
@@ -431,6 +432,7 @@ def test_a_run_name_with_spaces_is_quoted_in_the_command_to_resume(finished, tmp
     assert status == 0, err
 
 
+@pytest.mark.full
 def test_a_non_ascii_run_name_works_and_a_locale_that_cannot_pass_it_on_is_named(finished, tmp_path):
     argv = [sys.executable, os.path.join(REPO, "rnn_mnist.py"), "--data", str(finished / "tiny.npz"),
             "--epochs", "1", "--logdir", str(tmp_path), "--quiet", *TINY, "--run-name", "déjà vu"]

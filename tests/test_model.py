@@ -4,7 +4,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import batches, graphs, mnist_files, reading
-from conftest import synthetic_mnist
+from conftest import one_quick, synthetic_mnist
 
 
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
@@ -42,7 +42,7 @@ def test_one_training_step_lowers_the_loss():
     assert 0 <= int(correct) <= len(y)
 
 
-@pytest.mark.parametrize("batch", [64, 7, 1])
+@pytest.mark.parametrize("batch", one_quick([64, 7, 1], ["64", "7", "1"], quick=1))
 def test_splitting_the_batch_between_replicas_gives_the_whole_batchs_step(batch):
     """Replicas, one per core, run side by side for speed; the weights after the step must
     not depend on how many there are (conftest gives this process two CPU devices), nor on

@@ -58,6 +58,7 @@ def test_the_trace_of_a_permuted_model_is_its_cell_and_shows_28_steps(trained_pe
     assert reading.shown_steps(784)[:2].tolist() == [27, 55]  # the end of each row's 28 pixels
 
 
+@pytest.mark.full
 def test_a_permuted_model_answers_alike_through_every_use(trained_permuted, tmp_path, capsys):
     """predict, the page's API, the SavedModel and the TFLite model read the same pictures the
     same way, because the reordering is the model's first layer."""

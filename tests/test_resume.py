@@ -12,7 +12,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import runs
-from conftest import REPO, as_command, synthetic_mnist
+from conftest import REPO, as_command, one_quick, synthetic_mnist
 
 SMALL = ["--validation-size", "40", "--units", "8", "--quiet"]
 
@@ -112,6 +112,7 @@ def tensorboard_steps(folder, tag):
     return [event.step for event in events.Tensors(tag)]
 
 
+@pytest.mark.full
 def test_a_resumed_run_continues_epochs_schedule_and_logs(tmp_path, tiny_npz):
     logs = str(tmp_path)
     common = ["--data", tiny_npz, "--batch-size", "20", "--log-every", "5", "--logdir", logs,
@@ -157,7 +158,7 @@ RESUME_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("extra,message", RESUME_MISTAKES, ids=[a[0] for a, _ in RESUME_MISTAKES])
+@pytest.mark.parametrize("extra,message", one_quick(RESUME_MISTAKES, [a[0] for a, _ in RESUME_MISTAKES]))
 def test_a_resume_that_would_change_the_run_is_refused(tmp_path, tiny_npz, capsys, extra, message):
     rnn_mnist.main(["--data", tiny_npz, "--batch-size", "20", "--epochs", "1", "--logdir",
                     str(tmp_path), "--run-name", "r", *SMALL])
@@ -226,9 +227,9 @@ def stop_after(monkeypatch, global_step):
     monkeypatch.setattr(rnn_mnist.Training, "log_step", log_and_ask)
 
 
-@pytest.mark.parametrize("stopped_at, where", [
+@pytest.mark.parametrize("stopped_at, where", one_quick([
     (7, "the end of epoch 1/2 (its 7 steps done; its validation next)"),
-    (8, "step 2/7 of epoch 2/2")], ids=["last-step-of-an-epoch", "first-step-of-an-epoch"])
+    (8, "step 2/7 of epoch 2/2")], ["last-step-of-an-epoch", "first-step-of-an-epoch"]))
 def test_a_run_stopped_at_an_epochs_edge_resumes_with_its_figures_right(tmp_path, tiny_npz, capsys,
                                                                         monkeypatch, stopped_at, where):
     argv = ["--data", tiny_npz, "--batch-size", "32", "--epochs", "2", "--logdir", str(tmp_path),
