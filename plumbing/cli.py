@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from .batching import BATCH_WAIT_MS, MAX_BATCH, MAX_QUEUE
 from .cores import MIN_IMAGES_PER_REPLICA, usable_cores
 from .distribute import DISTRIBUTE_CHOICES, STEPS_PER_EXECUTION, WORKER_WAIT_SECONDS
 from .errors import Error, Interrupted, Stopped, UsageError
@@ -340,6 +341,14 @@ def build_serve_parser():
                         help="address to listen on (0.0.0.0: every address of this machine)")
     parser.add_argument("--port", type=port, default=8000,
                         help="port to listen on, 0 to 65535 (0: any free one)")
+    batching = parser.add_argument_group("batching: pictures that arrive together read in one call")
+    batching.add_argument("--max-batch", type=positive_int, default=MAX_BATCH, metavar="N",
+                          help="pictures read in one call of the model at most")
+    batching.add_argument("--batch-wait-ms", type=non_negative_float, default=BATCH_WAIT_MS,
+                          metavar="MS", help="how long a batch waits for pictures still on their "
+                          "way in (never for a lone picture)")
+    batching.add_argument("--max-queue", type=positive_int, default=MAX_QUEUE, metavar="N",
+                          help="pictures waiting at most; one more is answered 503 with Retry-After")
     return parser
 
 

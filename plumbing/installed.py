@@ -8,7 +8,7 @@ import sys
 
 from .errors import NotInstalled
 
-NEEDED = ("numpy", "tqdm", "tensorflow", "keras", "tensorboard", "matplotlib")  # requirements.txt
+NEEDED = ("numpy", "tqdm", "tensorflow", "keras", "tensorboard", "matplotlib", "orjson")  # requirements.txt
 
 
 def missing(names=NEEDED):

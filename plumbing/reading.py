@@ -123,13 +123,18 @@ def how_it_reads(model, x):
 
 
 def read_one(model, image):
-    """How the network reads one digit, MNIST's uint8 [28, 28]: how_it_reads's record for it
-    alone ("readout" [S, classes], "state" {name: [S, K]}, "steps", "units", "unit_digits"),
-    with its answer, "digit" and "probabilities", the readout after the last step."""
-    reading = how_it_reads(model, as_sequences(np.asarray(image)[None]))
-    readout = reading["readout"][0]
-    return dict(reading, readout=readout, state={name: v[0] for name, v in reading["state"].items()},
-                digit=int(readout[-1].argmax()), probabilities=readout[-1])
+    """How the network reads one digit, MNIST's uint8 [28, 28]: `read_each`'s record for it."""
+    return read_each(model, np.asarray(image)[None])[0]
+
+
+def read_each(model, images):
+    """How the network reads each digit of `images`, MNIST's uint8 [N, 28, 28], in one call: for
+    each, how_it_reads's record ("readout" [S, classes], "state" {name: [S, K]}, "steps", "units",
+    "unit_digits") with its answer, "digit" and "probabilities", the readout after the last step."""
+    reading = how_it_reads(model, as_sequences(np.asarray(images)))
+    return [dict(reading, readout=readout, state={name: v[i] for name, v in reading["state"].items()},
+                 digit=int(readout[-1].argmax()), probabilities=readout[-1])
+            for i, readout in enumerate(reading["readout"])]
 
 
 def traced_readout(model):

@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
 import rnn_mnist
-from plumbing import mnist_files, pictures, reading, server, using
+from plumbing import batching, mnist_files, pictures, reading, server, using
 from conftest import REPO, as_command, drawn_digit
 
 
@@ -140,6 +141,130 @@ def test_several_requests_at_once_are_all_answered(page):
         together = list(pool.map(lambda body: read(page, body), bodies))
     assert [status for status, _ in together] == [200] * len(bodies)
     np.testing.assert_allclose([answer["probabilities"] for _, answer in together], alone, atol=1e-6)
+
+
+def test_pictures_that_arrive_together_are_read_in_few_calls_each_getting_its_own_answer():
+    calls = []
+
+    def read_batch(images):  # the model, slow enough that the others arrive while it reads
+        calls.append(len(images))
+        time.sleep(0.05)
+        return [int(image.sum()) for image in images]
+
+    batcher = batching.Batcher(read_batch, most=8, wait_ms=20)
+
+    def one(n):
+        with batcher.request() as ticket:
+            return batcher.read(np.full((2, 2), n), ticket)
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(one, range(24)))
+    assert answers == [4 * n for n in range(24)]
+    assert sum(calls) == 24 and max(calls) <= 8 and len(calls) <= 8, calls
+    batcher.close()
+
+
+def test_a_lone_picture_does_not_wait_for_a_batch_to_fill():
+    batcher = batching.Batcher(lambda images: list(images), most=64, wait_ms=10_000)
+    started = time.monotonic()
+    with batcher.request() as ticket:
+        assert batcher.read(np.ones(3), ticket).tolist() == [1, 1, 1]
+    assert time.monotonic() - started < 5  # far less than the 10 s it would wait for company
+    batcher.close()
+
+
+def blocked_batcher(**sizes):
+    """A Batcher whose first batch waits until `release` is set; the images it read."""
+    release, read = threading.Event(), []
+
+    def read_batch(images):
+        release.wait(30)
+        read.extend(int(image) for image in images)
+        return list(images)
+    return batching.Batcher(read_batch, **sizes), release, read
+
+
+def in_thread(batcher, image, gone=lambda: False):
+    result = {}
+
+    def go():
+        with batcher.request() as ticket:
+            try:
+                result["answer"] = batcher.read(np.array(image), ticket, gone)
+            except Exception as e:
+                result["error"] = e
+    thread = threading.Thread(target=go)
+    thread.start()
+    time.sleep(0.2)  # in the queue, or being read
+    return thread, result
+
+
+def test_a_full_queue_refuses_and_a_client_that_left_is_not_read():
+    batcher, release, read = blocked_batcher(most=1, wait_ms=0, queue_most=2)
+    first, _ = in_thread(batcher, 1)  # being read
+    left, left_result = in_thread(batcher, 2, gone=lambda: True)  # queued, then its client goes
+    left.join(5)
+    queued = [in_thread(batcher, n) for n in (3, 4)]
+    with batcher.request() as ticket, pytest.raises(batching.Full):
+        batcher.read(np.array(5), ticket)
+    release.set()
+    for thread, _ in [(first, None), *queued]:
+        thread.join(5)
+    assert left_result == {"answer": None} and read == [1, 3, 4]  # 2 was never read
+    assert [result["answer"] for _, result in queued] == [3, 4]
+    batcher.close()
+
+
+def test_closing_answers_the_picture_being_read_and_refuses_the_queued():
+    batcher, release, read = blocked_batcher(most=1, wait_ms=0)
+    (reading_thread, being_read), (queued_thread, queued) = in_thread(batcher, 1), in_thread(batcher, 2)
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in (closer, reading_thread, queued_thread):
+        thread.join(5)
+        assert not thread.is_alive()
+    assert being_read == {"answer": 1} and isinstance(queued["error"], batching.Closing)
+    with batcher.request() as ticket, pytest.raises(batching.Closing):
+        batcher.read(np.array(3), ticket)
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(trained):
+    model, path = using.load_trained_model(trained["model"])
+    reader = server.Reader(model, path, (1, 0, 1))  # one picture read at a time, one waiting
+    read_each = reader.batcher.read_batch
+    reader.batcher.read_batch = lambda images: time.sleep(0.3) or read_each(images)
+    page = server.page_server(reader, "127.0.0.1", 0)
+    threading.Thread(target=page.serve_forever, daemon=True).start()
+    address, body = f"127.0.0.1:{page.server_address[1]}", png_bytes(drawn_digit())
+
+    def post(_):
+        connection = http.client.HTTPConnection(address, timeout=30)
+        connection.request("POST", "/api/read", body=body)
+        response = connection.getresponse()
+        return response.status, response.getheader("Retry-After"), json.loads(response.read())
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, range(6)))
+    page.shutdown()
+    page.server_close()
+    refused = [a for a in answers if a[0] == 503]
+    assert 1 <= len(refused) <= 4 and all(a[0] in (200, 503) for a in answers), answers
+    assert all(retry == "1" and "1 pictures waiting to be read; try again" in answer["error"]
+               for _, retry, answer in refused)
+    assert len({a[2]["digit"] for a in answers if a[0] == 200}) == 1
+
+
+@pytest.mark.parametrize("error, port, status, said", [
+    (socket.gaierror(-2, "Name or service not known"), 8000, 2,
+     "--host nothere is not an address this machine has (Name or service not known)"),
+    (PermissionError(13, "Permission denied"), 80, 1,
+     "cannot listen on nothere:80 (Permission denied): ports below 1024 need root's rights here; "
+     "give --port 1024 or more"),
+    (OSError(98, "Address already in use"), 8000, 2, "cannot listen on nothere:8000 (Address already in use)"),
+], ids=["bad-host", "privileged-port", "port-in-use"])
+def test_an_address_that_cannot_be_listened_on_gets_one_line(error, port, status, said):
+    refused = server.listen_refused("nothere", port, error)
+    assert refused.status == status and refused.line().startswith(f"rnn_mnist.py: error: {said}")
 
 
 def test_the_page_is_served_from_the_repo_and_fetches_nothing_from_elsewhere(page):

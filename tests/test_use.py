@@ -35,6 +35,15 @@ def test_polarity_colour_and_transparency_give_the_same_digit():
         assert np.abs(other.astype(int) - base.astype(int)).mean() < 8
 
 
+@pytest.mark.parametrize("shape, size", [((100, 80), (20, 16)), ((7, 5), (20, 14)), ((301, 33), (20, 2)),
+                                         ((3, 200), (1, 20)), ((19, 23), (17, 20)), ((20, 20), (20, 20))])
+def test_a_digit_is_scaled_as_tensorflows_antialiased_resize_scales_it(shape, size):
+    import tensorflow as tf
+    image = (np.random.default_rng(sum(shape)).random(shape) * 255).astype(np.float32)
+    theirs = tf.image.resize(image[..., None], size, antialias=True).numpy()[..., 0]
+    np.testing.assert_allclose(pictures.resized(image, size), theirs, atol=1e-3)  # of 255
+
+
 def test_a_blank_picture_has_no_digit():
     assert pictures.to_mnist_form(np.full((50, 50, 3), 255, np.uint8)) is None
 
@@ -156,6 +165,7 @@ np.save(sys.argv[4], lite.get_tensor(lite.get_output_details()[0]["index"]))
 """
 
 
+@pytest.mark.full
 def test_export_serves_what_the_keras_model_computes(tmp_path, trained, capsys):
     import keras
     out = tmp_path / "served"
