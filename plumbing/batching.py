@@ -38,7 +38,7 @@ class Waiting:
     """One picture in the queue, and its answer (or error) once its batch has run."""
 
     def __init__(self, image):
-        self.image, self.answer, self.error, self.gone = image, None, None, False
+        self.image, self.answer, self.error = image, None, None
         self.done = threading.Event()
 
     def settle(self, answer=None, error=None):
@@ -47,13 +47,12 @@ class Waiting:
 
 
 class Batcher:
-    """`read(image)` -> that image's answer, from `read_batch([N images]) -> N answers` (an
-    answer that is an Exception is raised to its request alone) run on whatever is queued
-    together, at most `most` at a time.
+    """`read(image)` -> that image's answer, from `read_batch([N images]) -> N answers` run on
+    whatever is queued together, at most `most` at a time.
 
     A batch starts as soon as the model is free. It waits (at most `wait_ms`) only while other
-    requests are on their way in (inside `request()`, their pictures being decoded), so a lone read is
-    answered as soon as it would be without batching, and a crowd is read in few calls.
+    requests are on their way in (inside `request()`, their pictures being decoded), so a lone
+    read is answered as soon as it would be without batching, and a crowd is read in few calls.
     """
 
     def __init__(self, read_batch, most=MAX_BATCH, wait_ms=BATCH_WAIT_MS, queue_most=MAX_QUEUE):
@@ -96,7 +95,6 @@ class Batcher:
         while not waiting.done.wait(POLL_SECONDS):
             if gone():  # its client left: out of the queue, unread
                 with self.changed:
-                    waiting.gone = True
                     if waiting in self.queue:
                         self.queue.remove(waiting)
                 return None
@@ -117,23 +115,20 @@ class Batcher:
                 self.changed.wait(left)
             if self.closed:
                 return None
-            batch = []
-            while self.queue and len(batch) < self.most:
-                waiting = self.queue.popleft()
-                if not waiting.gone:
-                    batch.append(waiting)
-            return batch
+            return [self.queue.popleft() for _ in range(min(self.most, len(self.queue)))]
 
     def run(self):
         while (batch := self.next_batch()) is not None:
-            if not batch:
+            if not batch:  # its requests' clients all left while it waited
                 continue
             try:
                 answers = self.read_batch([waiting.image for waiting in batch])
             except Exception as e:  # each request of the batch answers with the error
-                answers = [e] * len(batch)
+                for waiting in batch:
+                    waiting.settle(error=e)
+                continue
             for waiting, answer in zip(batch, answers):
-                waiting.settle(*((None, answer) if isinstance(answer, Exception) else (answer, None)))
+                waiting.settle(answer)
 
     def close(self, seconds=5.0):
         """Stop: the queued pictures are refused (Closing), the batch being read is finished, and

@@ -185,8 +185,8 @@ def add_recipe_arguments(parser, recipe, cells):
                               "or in one fixed scrambled order (--permutation)")
     reading.add_argument("--pixels-per-step", type=pixels_per_step, default=recipe["pixels_per_step"],
                          metavar="K", help="pixels of that order read at each step, a divisor of "
-                         f"784 ({', '.join(map(str, STEPS_OF))}): 28 with --order rows is a row a step; 1 is pixel by pixel (sMNIST, or "
-                         "psMNIST with --order permuted)")
+                         f"784 ({', '.join(map(str, STEPS_OF))}): 28 with --order rows is a row a "
+                         "step; 1 is pixel by pixel (sMNIST, or psMNIST with --order permuted)")
     reading.add_argument("--permutation", type=permutation, default=recipe["permutation"],
                          metavar="SEED|bitrev", help="with --order permuted: the pixel read at "
                          "place i is pixel p[i] (row * 28 + column), where p is "
@@ -240,8 +240,8 @@ def add_engine_arguments(group):
                             f"{MIN_IMAGES_PER_REPLICA} images of the batch at least each")
     group.add_argument("--steps-per-execution", type=positive_int, default=STEPS_PER_EXECUTION,
                        metavar="N", help="training steps in one call of TensorFlow's graph: the "
-                       "same steps, fewer pauses between them (about a fifth more samples/s on two cores than "
-                       "one step a call); Ctrl-C is honoured within N steps")
+                       "same steps, fewer pauses between them (about a fifth more samples/s on two "
+                       "cores than one step a call); Ctrl-C is honoured within N steps")
     group.add_argument("--deterministic", action="store_true",
                        help="make every operation deterministic (a little slower): the same "
                             "seed and settings give the same weights, resumed or not")
@@ -264,8 +264,8 @@ def add_run_arguments(output):
                         help="log the training loss and accuracy to TensorBoard every STEPS batches")
     output.add_argument("--figures-every", type=non_negative_int, default=1, metavar="EPOCHS",
                         help="draw the TensorBoard pictures (confusion matrix, mistakes, readout "
-                             "and gates over the rows) every EPOCHS epochs (0: never; each drawing costs about "
-                             "1.5 s)")
+                             "and gates over the rows) every EPOCHS epochs (0: never; each drawing "
+                             "costs about 1.5 s)")
     output.add_argument("--quiet", action="store_true",
                         help="no progress bars, epoch lines, resume line or summary")
 
@@ -457,6 +457,7 @@ def flag_reference(parsers, see):
             shown = "" if action.default in (None, False) else f"`{action.default}`"
             text = (action.help % vars(action) if "%" in action.help else action.help)
             text += f"; see {see[action.dest]}" if action.dest in see else ""
-            rows.append(f"| `{invocation}` | {shown} | {text} |".replace("|bitrev", "\\|bitrev"))
+            cells = [f"`{invocation}`", shown, text]  # a | inside a cell would end it: escaped
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         sections.append("\n".join(rows) + "\n")
     return "\n".join(sections + ["[Back to the README](../README.md)\n"])

@@ -72,9 +72,9 @@ class Reader:
         when `gone()` (its client left while it waited). `ticket`: of the request it answers."""
         if not data:
             raise UsageError("the body is empty; send the bytes of a PNG, JPEG, BMP or GIF picture")
-        seen = seen_in(data)  # here, in the request's thread: the pictures of many at once
-        if isinstance(seen, Exception):
-            raise seen
+        seen = to_mnist_form(decode_picture(data, "the picture"))  # in the request's thread
+        if seen is None:
+            raise UsageError("the picture is blank: no digit to read")
         with contextlib.nullcontext(ticket) if ticket else self.batcher.request() as ticket:
             reading = self.batcher.read(seen, ticket, gone)
         if reading is None:
@@ -83,15 +83,6 @@ class Reader:
                 "readout": rounded(reading["readout"]), "steps": reading["steps"],
                 "seen": seen, "state": {name: rounded(values) for name, values in reading["state"].items()},
                 "units": reading["units"], "unit_digits": reading["unit_digits"]}
-
-
-def seen_in(body):
-    """The 28x28 image a request's picture becomes, or the UsageError that says why it does not."""
-    try:
-        seen = to_mnist_form(decode_picture(body, "the picture"))
-    except UsageError as e:
-        return e
-    return UsageError("the picture is blank: no digit to read") if seen is None else seen
 
 
 def rounded(values, digits=4):
@@ -167,9 +158,9 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
         except UsageError as e:
             return self.send_json(400, {"error": str(e)})
         except Full:
-            self.extra_headers = {"Retry-After": "1"}
             return self.send_json(503, {"error": f"the server has {reader.batcher.queue_most} pictures "
-                                                 "waiting to be read; try again in a second"})
+                                                 "waiting to be read; try again in a second"},
+                                  {"Retry-After": "1"})
         except Closing:
             self.close_connection = True
             return self.send_json(503, {"error": "the server is stopping; the picture was not read"})
@@ -203,17 +194,16 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
                 return
             length -= len(chunk)
 
-    def send_json(self, status, obj):
-        self.send_body(status, as_json(obj), "application/json")
+    def send_json(self, status, obj, headers=()):
+        self.send_body(status, as_json(obj), "application/json", headers)
 
-    def send_body(self, status, body, content_type):
+    def send_body(self, status, body, content_type, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        for name, value in getattr(self, "extra_headers", {}).items():
+        for name, value in dict(headers).items():
             self.send_header(name, value)
-        self.extra_headers = {}
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
