@@ -8,6 +8,7 @@
     python rnn_mnist.py evaluate --data mnist.npz         # test the newest model again
     python rnn_mnist.py predict my_digit.png              # read your own handwriting
     python rnn_mnist.py export --tflite                   # a SavedModel for serving
+    python rnn_mnist.py export --micro                    # int8, for a microcontroller
     python rnn_mnist.py serve                             # draw a digit, watch it read
     TF_CONFIG='{"cluster": ...}' python rnn_mnist.py      # one of several workers
     python -m pytest tests                                # the test suite
@@ -26,6 +27,7 @@ plumbing it calls (data files, tf.distribute, checkpoints, pictures, the page's
 server, the command line) is in the package `plumbing/`, one module per concern.
 """
 
+import functools
 import os
 
 from plumbing.installed import require_installed
@@ -469,11 +471,31 @@ def read(model, image):
 
 
 # ----------------------------------------------------------------------------
+# On a microcontroller (export --micro, docs/micro.md). TensorFlow Lite Micro runs the LSTM
+# as one operation over all the steps, in integers: a tensor's real values are
+# scale * (q - zero point) for its int8 q, the scale and zero point set from the values it
+# takes on training images (the cell state, a sum over many steps, in int16). The converter
+# makes that one operation out of a function that runs the layer step by step:
+
+
+def lstm_step(x, h, c, kernel, recurrent_kernel, bias):
+    """One step of Keras's LSTM: the step's input x [N, F], the last output h and cell state c
+    [N, units] -> the new (h, c). The four gates come from one product, split: the input gate
+    i says how much of the candidate g enters the cell, the forget gate f how much of the old
+    cell stays, the output gate o how much of the squashed cell is the output."""
+    z = tf.matmul(x, kernel) + tf.matmul(h, recurrent_kernel) + bias
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+# ----------------------------------------------------------------------------
 # The commands
 
 USES = {  # the commands that use a trained model (plumbing/cli.py's PARSERS names them all)
     "evaluate": using.evaluate_command, "predict": using.predict_command,
-    "export": using.export_command, "serve": server.serve_command}
+    "export": functools.partial(using.export_command, lstm_step=lstm_step),
+    "serve": server.serve_command}
 
 
 def main(argv=None):

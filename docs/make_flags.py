@@ -19,6 +19,7 @@ SEE = {  # a flag's page, linked after its text
     "cpu_replicas": "[Performance](performance.md#performance)",
     "resume": "[Stop, crash, resume](resume.md)",
     "host": "[Draw a digit](serve.md)",
+    "micro": "[On a microcontroller](micro.md)",
 }
 
 

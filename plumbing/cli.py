@@ -324,12 +324,23 @@ def build_predict_parser():
 
 def build_export_parser():
     parser = command_parser("export", "Export a trained model as a TensorFlow SavedModel for "
-                                      "serving: uint8 images [N, 28, 28] in, probabilities out.")
+                                      "serving: uint8 images [N, 28, 28] in, probabilities out; or, "
+                                      "with --micro, in int8 for a microcontroller.")
     add_model_arguments(parser)
     parser.add_argument("--out", metavar="DIR",
-                        help="the SavedModel folder to create; default: saved_model beside the model")
-    parser.add_argument("--tflite", action="store_true",
-                        help="also write model.tflite into the SavedModel folder")
+                        help="the folder to create; default: saved_model (or micro, with --micro) "
+                             "beside the model")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--tflite", action="store_true",
+                      help="also write model.tflite into the SavedModel folder")
+    kind.add_argument("--micro", action="store_true",
+                      help="instead, write model_int8.tflite (full integer, for TensorFlow Lite "
+                           "Micro), the same as a C array (model_int8.cc, .h), and measured.json: "
+                           "its accuracy on the test images in TFLM and LiteRT, its size, the "
+                           "tensor arena it needs; needs pip install -r requirements-micro.txt")
+    data = parser.add_argument_group("with --micro: the images that set its int8 ranges (training) "
+                                     "and measure it (test)")
+    add_data_arguments(data)
     return parser
 
 

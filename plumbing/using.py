@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 
+from . import micro
 from .errors import Fault, Refused, UsageError
 from .graphs import configure_for_predicting, predict
 from .lazy_tensorflow import keras, quiet_tensorflow, tf
@@ -153,6 +154,22 @@ def export_model(model, out_dir, tflite=False):
     return written
 
 
+def export_micro_command(args, model, path, out, lstm_step):
+    refused = micro.refusal(model)
+    if refused:
+        raise UsageError(refused)
+    x_train, _, x_test, y_test = load_mnist(args.data, url=args.download_url)
+    about = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}: {micro.described(model)}"
+    print(f"converting to int8 with {min(micro.CALIBRATION_IMAGES, len(x_train)):,} training images, "
+          f"then measuring it on the {len(y_test):,} test images ...", flush=True)
+    try:
+        record = micro.export_micro(model, out, x_train, (x_test, y_test), lstm_step, about)
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror}); give --out a folder you can write to") from None
+    print(micro.report(record, out))
+    return record
+
+
 def evaluate_command(args):
     """The whole test set through a trained model: printed tables, and the figures returned."""
     path = model_path(args.model, args.logdir)  # found before TensorFlow is imported
@@ -260,15 +277,22 @@ def answered(picture, p, image, shown, as_json):
     return record
 
 
-def export_command(args):
+def export_command(args, lstm_step=None):
+    """Export a SavedModel (and model.tflite), or with --micro the int8 model for TFLM, written
+    with the LSTM's equations `lstm_step` (the recipe's)."""
     path = model_path(args.model, args.logdir)
-    out = args.out or os.path.join(os.path.dirname(path), "saved_model")
+    out = args.out or os.path.join(os.path.dirname(path), "micro" if args.micro else "saved_model")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):  # before TensorFlow
         raise UsageError(f"{out} exists already; give --out a new folder")
+    if args.micro:
+        micro.runtimes()
+        check_data(args.data)
     quiet_tensorflow(args.verbose)
     configure_for_predicting()
     model, path = load_trained_model(path)
     print(model_line(path, args.model is None))
+    if args.micro:
+        return export_micro_command(args, model, path, out, lstm_step)
     try:
         written = export_model(model, out, tflite=args.tflite)
     except OSError as e:

@@ -240,6 +240,17 @@ def test_requirements_pick_one_tensorflow_build_for_each_platform(sys_platform, 
     assert {"keras", "tensorboard", "tqdm", "matplotlib", "numpy"} <= set(chosen)
 
 
+@pytest.mark.parametrize("sys_platform, machine, interpreters", [
+    ("linux", "x86_64", ["ai-edge-litert", "tflite-micro"]), ("linux", "aarch64", ["ai-edge-litert"]),
+    ("darwin", "arm64", ["ai-edge-litert"]), ("win32", "AMD64", ["ai-edge-litert"])])
+def test_the_micro_requirements_ask_tflite_micro_only_where_it_has_builds(sys_platform, machine, interpreters):
+    """pip download --platform found tflite-micro's wheels for Linux x86-64 only, LiteRT's for each."""
+    from packaging.requirements import Requirement
+    environment = {"sys_platform": sys_platform, "platform_machine": machine}
+    chosen = [Requirement(line) for line in requirement_lines("requirements-micro.txt")]
+    assert [r.name for r in chosen if r.marker is None or r.marker.evaluate(environment)] == interpreters
+
+
 def test_the_gpu_requirements_are_the_same_but_for_tensorflow():
     gpu, cpu = requirement_lines("requirements-gpu.txt"), requirement_lines("requirements.txt")
     assert gpu[0] == "tensorflow[and-cuda]==2.21.*"
