@@ -52,8 +52,8 @@ def main():
     data = (x_train, y_train, x_test[:args.images], y_test[:args.images])
     float_accuracy = float((rnn_mnist.predict(model, mnist_files.as_sequences(data[2])).argmax(1) == data[3]).mean())
     results = {"model": args.model, "images": len(data[3]), "keras_float_accuracy": float_accuracy}
-    print(f"| way | bytes | accuracy in TFLM | in LiteRT | ms a digit, TFLM | LiteRT | arena, bytes |\n"
-          f"|---|---:|---:|---:|---:|---:|---:|")
+    print("| way | bytes | accuracy in TFLM | in LiteRT | ms a digit, TFLM | LiteRT | arena, bytes |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for name, (fused, integer) in WAYS.items():
         with tempfile.TemporaryDirectory() as scratch:
             r = results[name] = measured_way(model, fused, integer, data, scratch)
