@@ -1,6 +1,7 @@
 """People's own pictures of a digit: decoded safely (PNG, JPEG, BMP, GIF), and brought
 to the form of MNIST's digits."""
 
+import functools
 import zlib
 
 import numpy as np
@@ -58,8 +59,10 @@ def resized(image, size):
     return axis_weights(image.shape[0], size[0]) @ image @ axis_weights(image.shape[1], size[1]).T
 
 
+@functools.lru_cache(maxsize=4096)
 def axis_weights(n_in, n_out):
-    """[n_out, n_in]: how much each input pixel weighs in each output pixel along one axis."""
+    """[n_out, n_in]: how much each input pixel weighs in each output pixel along one axis
+    (kept for the next picture of that size: read only)."""
     scale = n_out / n_in
     stretch = max(1 / scale, 1.0)  # the kernel's width, in input pixels
     sample = (np.arange(n_out) + 0.5) / scale  # where each output pixel's centre falls
@@ -69,7 +72,9 @@ def axis_weights(n_in, n_out):
     inside = (source[None] - 0.5 >= start[:, None]) & (source[None] - 0.5 < end[:, None])
     weights = np.maximum(0, 1 - np.abs((source[None] - sample[:, None]) / stretch)) * inside
     total = weights.sum(axis=1, keepdims=True)
-    return (weights / np.where(total > 0, total, 1)).astype(np.float32)
+    weights = (weights / np.where(total > 0, total, 1)).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 MAX_PICTURE_SIDE = 4096  # pixels: a phone's photo fits; a decompression bomb does not

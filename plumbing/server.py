@@ -10,6 +10,7 @@ the threads) that are open at once.
 import contextlib
 import http.server
 import os
+import select
 import selectors
 import signal
 import socket
@@ -97,6 +98,18 @@ def as_json(obj):
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def readable_now(connection):
+    """Whether the socket has something to read (or has ended), without waiting. A poll object,
+    not a selectors.DefaultSelector: every request waiting in the queue asks this 20 times a
+    second, and building and closing a selector each time cost a sixth of the server's CPU at
+    128 clients (profiled)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(connection, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([connection], [], [], 0)[0])  # Windows: no poll
+
+
 class PageHandler(http.server.BaseHTTPRequestHandler):
     """GET the page's files and /api/model; POST a picture to /api/read. Every answer of
     the API, errors included, is JSON; no request, however bad, stops the server."""
@@ -176,10 +189,7 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
     def client_gone(self):
         """Whether the client has closed its end (the connection reads as ended)."""
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.connection, selectors.EVENT_READ)
-                ready = selector.select(0)
-            return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            return readable_now(self.connection) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
 
