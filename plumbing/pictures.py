@@ -59,7 +59,7 @@ def resized(image, size):
     return axis_weights(image.shape[0], size[0]) @ image @ axis_weights(image.shape[1], size[1]).T
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)  # at most 256 x 20 x 4,096 float32: 84 MB, whatever clients send
 def axis_weights(n_in, n_out):
     """[n_out, n_in]: how much each input pixel weighs in each output pixel along one axis
     (kept for the next picture of that size: read only)."""
