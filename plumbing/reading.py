@@ -7,7 +7,7 @@ import numpy as np
 from .graphs import input_spec, traced_once
 from .lazy_tensorflow import keras, tf
 from .mnist_files import as_sequences
-from .orders import reading_of, sequences_of
+from .orders import UNROLL_MAX_STEPS, reading_layer, reading_of
 
 
 def recurrent_layers(model):
@@ -26,56 +26,69 @@ def rebuilt(model, change):
     return copy
 
 
-def readout_model(model):
-    """The same network, but its head reads the state after every step (a row, or K pixels of
-    its order), not only the last."""
-    return rebuilt(model, lambda recurrent: recurrent[-1].update(return_sequences=True))
+def steps_read(model):
+    """images [N, 28, 28] -> the sequences [N, T, K] the last recurrent layer reads: the image's
+    steps in the model's order, or what the layer below it gives. Keras layers of `model` itself,
+    so a traced function that calls this follows the weights as training changes them."""
+    recurrent = recurrent_layers(model)
+    if len(recurrent) > 1:
+        return keras.Model(model.inputs[0], recurrent[-2].output)
+    return reading_layer(model) or tf.identity
+
+
+def cell_trace(layer, x):
+    """TensorFlow's operations for the gates and state of recurrent `layer` at every step of x
+    [N, T, K]: ({name: [N, T, units]}, the layer's output after every step [N, T, units]).
+
+    Keras does not expose the gates, so the cell is run again here from the layer's weights,
+    following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h; reset after the recurrent
+    product) equations. The state is shown squashed into [-1, 1] as the cell itself squashes
+    it: tanh(c) for an LSTM, h for a GRU.
+    """
+    kernel, recurrent_kernel, bias = (tf.convert_to_tensor(w) for w in layer.weights)
+    x = tf.convert_to_tensor(x, tf.float32)
+    zeros = tf.zeros((tf.shape(x)[0], recurrent_kernel.shape[0]), tf.float32)
+    if isinstance(layer, keras.layers.LSTM):
+        names, carried = ("input gate", "forget gate", "output gate", "cell state"), 2  # h and c
+        x = x @ kernel + bias  # the input's part of every step at once, in one product
+
+        def step(before, x_t):  # before: (h, c, and the step's values shown)
+            h, c = before[:2]
+            i, f, g, o = tf.split(x_t + h @ recurrent_kernel, 4, axis=1)
+            i, f, o = tf.sigmoid(i), tf.sigmoid(f), tf.sigmoid(o)
+            c = f * c + i * tf.tanh(g)
+            return o * tf.tanh(c), c, i, f, o, tf.tanh(c)
+    else:
+        names, carried = ("update gate", "reset gate", "hidden state"), 1  # h
+        input_bias, recurrent_bias = tf.unstack(bias) if bias.shape.rank == 2 else (bias, tf.zeros_like(bias))
+        x = x @ kernel + input_bias
+
+        def step(before, x_t):  # before: (h, and the step's values shown)
+            h = before[0]
+            xz, xr, xh = tf.split(x_t, 3, axis=1)
+            hz, hr, hh = tf.split(h @ recurrent_kernel + recurrent_bias, 3, axis=1)
+            update, reset = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
+            h = update * h + (1 - update) * tf.tanh(xh + reset * hh)
+            return h, h, update, reset, h
+    before = (zeros,) * (carried + len(names))
+    if x.shape[1] <= UNROLL_MAX_STEPS:  # written out step by step, as the model's own layers are:
+        after = []                      # a while loop took twice as long at 28 steps
+        for t in range(x.shape[1]):
+            before = step(before, x[:, t])
+            after.append(before)
+        steps = [tf.stack(values, axis=1) for values in zip(*after)]
+    else:
+        steps = [tf.transpose(values, [1, 0, 2])
+                 for values in tf.scan(step, tf.transpose(x, [1, 0, 2]), initializer=before)]
+    return dict(zip(names, steps[-len(names):])), steps[0]
 
 
 def unit_trace(model, x):
-    """Per unit and step, the gates and state of the last recurrent layer, for images x
-    [N, 28, 28]: {name: [N, T, units]}, and that layer's output after the last step, [N, units].
-
-    Keras does not expose the gates, so the cell is run again here in NumPy from the
-    layer's weights, following Keras's LSTM (gates i, f, c, o) and GRU (z, r, h;
-    reset after the recurrent product) equations. The state is shown squashed into
-    [-1, 1] as the cell itself squashes it: tanh(c) for an LSTM, h for a GRU.
-    """
-    recurrent = recurrent_layers(model)
-    layer = recurrent[-1]
-    if len(recurrent) > 1:  # the last layer reads the steps as the layer below it gives them
-        x = np.asarray(keras.Model(model.inputs[0], recurrent[-2].output)(x))
-    else:  # the steps in the model's order
-        x = sequences_of(model, x)
-    kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
-    units = recurrent_kernel.shape[0]
-    h = np.zeros((len(x), units), np.float32)
-    c = np.zeros_like(h)
-    trace = {}
-
-    def sigmoid(v):
-        return 1 / (1 + np.exp(-v))
-
-    def record(**values):
-        for name, value in values.items():
-            trace.setdefault(name.replace("_", " "), []).append(value)
-
-    for t in range(x.shape[1]):
-        if isinstance(layer, keras.layers.LSTM):
-            z = x[:, t] @ kernel + h @ recurrent_kernel + bias
-            i, f, g, o = np.split(z, 4, axis=1)
-            i, f, o = sigmoid(i), sigmoid(f), sigmoid(o)
-            c = f * c + i * np.tanh(g)
-            h = o * np.tanh(c)
-            record(input_gate=i, forget_gate=f, output_gate=o, cell_state=np.tanh(c))
-        else:
-            input_bias, recurrent_bias = bias if bias.ndim == 2 else (bias, np.zeros_like(bias))
-            xz, xr, xh = np.split(x[:, t] @ kernel + input_bias, 3, axis=1)
-            hz, hr, hh = np.split(h @ recurrent_kernel + recurrent_bias, 3, axis=1)
-            update, reset = sigmoid(xz + hz), sigmoid(xr + hr)
-            h = update * h + (1 - update) * np.tanh(xh + reset * hh)
-            record(update_gate=update, reset_gate=reset, hidden_state=h)
-    return {name: np.stack(values, axis=1) for name, values in trace.items()}, h
+    """Per unit and step, the gates and state of the last recurrent layer (cell_trace), for
+    images x [N, 28, 28]: {name: [N, T, units]} in NumPy, and that layer's output after the last
+    step, [N, units]."""
+    trace, outputs = cell_trace(recurrent_layers(model)[-1], steps_read(model)(np.asarray(x, np.float32)))
+    return {name: values.numpy() for name, values in trace.items()}, outputs[:, -1].numpy()
 
 
 UNITS_PER_DIGIT = 4  # units shown for each digit in the pictures of the state
@@ -92,7 +105,13 @@ def voting_units(model, per_digit=UNITS_PER_DIGIT):
     """
     kernel = np.asarray(model.layers[-1].get_weights()[0])  # the head's: [units, classes]
     top = np.argsort(-kernel, axis=0)[:min(per_digit, len(kernel))]  # [per_digit, classes]
-    return top.T.reshape(-1), np.repeat(np.arange(kernel.shape[1]), len(top))
+    return top.T.reshape(-1), voting_digits(model, per_digit)
+
+
+def voting_digits(model, per_digit=UNITS_PER_DIGIT):
+    """The digit each of voting_units's units is shown for: 0 0 0 0 1 1 1 1 ..."""
+    units, classes = model.layers[-1].kernel.shape
+    return np.repeat(np.arange(classes), min(per_digit, units))
 
 
 SHOWN_STEPS = 28  # steps shown of a sequence, at most: all of a short one
@@ -112,14 +131,31 @@ def how_it_reads(model, x):
     shown: "readout", the class probabilities after each [N, S, classes]; "state", the shown
     units' gates and state after each, {name: [N, S, K]}; "steps", which steps those are
     (from 1); "units" and "unit_digits", which units are shown and the digit each votes for."""
-    readout = traced_once(model, "readout", lambda: traced_readout(model))
-    trace, _ = unit_trace(model, x)
-    units, digits = voting_units(model)
     pixel_order, pixels_per_step = reading_of(model)
     steps = shown_steps(len(pixel_order) // pixels_per_step)
-    return {"readout": readout(np.asarray(x, np.float32)).numpy()[:, steps],
-            "state": {name: values[:, steps][..., units] for name, values in trace.items()},
-            "steps": steps + 1, "units": units, "unit_digits": digits}
+    read = traced_once(model, "reading", lambda: traced_reading(model, steps))
+    readout, state, units = read(tf.constant(x, tf.float32))
+    return {"readout": readout.numpy(), "state": {name: values.numpy() for name, values in state.items()},
+            "steps": steps + 1, "units": units.numpy(), "unit_digits": voting_digits(model)}
+
+
+def traced_reading(model, steps):
+    """One graph for a batch of images: the head's answer after each of `steps`, and the gates
+    and state there of the units shown (voting_units, chosen in the graph from the weights of
+    the moment). One call per batch, its work outside Python's lock, called as the concrete
+    function itself: the page's server reads many pictures at once while its threads take the
+    requests, so every millisecond a batch holds the lock is multiplied by their number. The
+    head reads the state after every step the way it reads the last: the same weights."""
+    layer, below, head = recurrent_layers(model)[-1], steps_read(model), model.layers[-1]
+    per_digit = min(UNITS_PER_DIGIT, layer.units)
+
+    def read(images):
+        trace, outputs = cell_trace(layer, below(images))
+        units = tf.reshape(tf.math.top_k(tf.transpose(head.kernel), per_digit).indices, [-1])  # digit by digit
+        at_steps = lambda values: tf.gather(values, steps, axis=1)  # noqa: E731
+        return head(at_steps(outputs)), {name: tf.gather(at_steps(values), units, axis=2)
+                                         for name, values in trace.items()}, units
+    return tf.function(read).get_concrete_function(input_spec(model))
 
 
 def read_one(model, image):
@@ -135,8 +171,3 @@ def read_each(model, images):
     return [dict(reading, readout=readout, state={name: v[i] for name, v in reading["state"].items()},
                  digit=int(readout[-1].argmax()), probabilities=readout[-1])
             for i, readout in enumerate(reading["readout"])]
-
-
-def traced_readout(model):
-    copy = readout_model(model)
-    return tf.function(lambda images: copy(images, training=False), input_signature=[input_spec(model)])

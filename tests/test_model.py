@@ -165,14 +165,20 @@ def test_the_units_shown_for_a_digit_are_those_that_vote_most_for_it():
     read = reading.how_it_reads(model, mnist_files.as_sequences(synthetic_mnist(4, 1)["x_train"]))
     shown = reading.UNITS_PER_DIGIT * mnist_files.NUM_CLASSES
     assert all(v.shape == (4, mnist_files.TIMESTEPS, shown) for v in read["state"].values())
+    shown_units, shown_digits = reading.voting_units(model)  # the page says which, from the weights
+    assert read["units"].tolist() == shown_units.tolist() and read["unit_digits"].tolist() == shown_digits.tolist()
 
 
-def test_the_readout_after_the_last_row_is_the_prediction():
+def test_the_readout_after_the_last_row_is_the_prediction_as_the_weights_change():
+    """The pictures of each epoch, and the page, read with the model's weights of the moment."""
     model = rnn_mnist.make_model((mnist_files.TIMESTEPS, mnist_files.FEATURES), units=12, layers=2)
     x = mnist_files.as_sequences(synthetic_mnist(n_train=4, n_test=1)["x_train"])
-    readout = np.asarray(reading.readout_model(model)(x))
-    assert readout.shape == (4, mnist_files.TIMESTEPS, mnist_files.NUM_CLASSES)
-    np.testing.assert_allclose(readout[:, -1], np.asarray(model(x)), atol=1e-6)
+    for weights in (None, [w * 1.5 for w in model.get_weights()]):
+        if weights is not None:  # as an epoch of training changes them
+            model.set_weights(weights)
+        readout = reading.how_it_reads(model, x)["readout"]
+        assert readout.shape == (4, mnist_files.TIMESTEPS, mnist_files.NUM_CLASSES)
+        np.testing.assert_allclose(readout[:, -1], np.asarray(model(x)), atol=1e-6)
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])
