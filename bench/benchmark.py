@@ -176,6 +176,8 @@ def torch_run(args, settings, batch_size, learning_rate, seed):
     `batch_size` and `learning_rate`, with rnn_mnist's epochs and `seed`."""
     options = ["--recipe", "tuned", "--epochs", settings.epochs, "--batch", batch_size,
                "--lr", learning_rate, "--shift", settings.shift, "--seed", seed]
+    if settings.clip_norm:
+        options += ["--clip-norm", settings.clip_norm]
     epochs = torch_peer(args.torch_python, args.torch_peer, args.data, *options)
     curve = [{"epoch": e["epoch"], "train_seconds": e["train_s"], "test_accuracy": e["test_acc"]}
              for e in epochs]
@@ -199,6 +201,36 @@ def time_to_accuracy_sitting(args, settings, where, mnist, seeds):
     return ours, [{"batch_size": batch_size, "learning_rate": rate, "epochs": settings.epochs,
                    "median_seconds_to_accuracy": medians(runs), "runs": runs}
                   for (batch_size, rate), runs in theirs.items() if runs], predict_rate
+
+
+def when_reached(run):
+    """'epoch 5, 24.3 s' for each target, or 'not reached'."""
+    return [f"epoch {run['reached'][t]['epoch']}, {run['reached'][t]['train_seconds']:.1f} s"
+            if t in run["reached"] else "not reached" for t in (f"{t:.2%}" for t in TARGETS)]
+
+
+def seed_table(report):
+    """The sitting seed by seed, for a reader: when each engine first reached each target, how
+    it ended, and the medians, the peer's with rnn_mnist's time as a fraction of theirs."""
+    targets = [f"{t:.2%}" for t in TARGETS]
+    ours = report["median_seconds_to_accuracy"]
+    engines = [("rnn_mnist", report["runs"], ours)]
+    engines += [(f"PyTorch, batch {peer['batch_size']}, {peer['learning_rate']}", peer["runs"],
+                 peer["median_seconds_to_accuracy"]) for peer in report.get("torch_tuned", [])]
+    rows = [["seed", "engine", *(f"{t} reached" for t in targets), "final"]]
+    for i, run in enumerate(report["runs"]):
+        for name, runs, _ in engines:
+            rows.append([str(run["seed"]), name, *when_reached(runs[i]), f"{runs[i]['final_test_accuracy']:.2%}"])
+    for name, _, median in engines:
+        cells = []
+        for t in targets:
+            cell = "not reached" if median[t] is None else f"{median[t]:.1f} s"
+            if name != "rnn_mnist" and median[t] and ours[t]:
+                cell += f" (rnn_mnist {ours[t] / median[t]:.2f}x)"
+            cells.append(cell)
+        rows.append(["median", name, *cells, ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def batch_and_rate(text):
@@ -254,6 +286,8 @@ def main(argv=None):
             report["torch_tuned"] = peer_runs
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(report, indent=1))
+    if "runs" in report:
+        print(f"on {report['cpu']}:\n{seed_table(report)}", file=sys.stderr)
     return report
 
 

@@ -58,3 +58,24 @@ def test_a_seed_that_never_reaches_the_target_counts_as_the_slowest():
     assert benchmark.medians([run(10.0, 30.0), run(12.0), run(11.0, 20.0)]) == {"98.76%": 11.0,
                                                                                "99.00%": 30.0}
     assert benchmark.medians([run(10.0), run(12.0), run(11.0, 20.0)])["99.00%"] is None
+
+
+def test_the_sitting_is_told_seed_by_seed_with_the_ratio_to_the_peer():
+    import benchmark
+
+    def run(seed, *reached, final=0.991):
+        return {"seed": seed, "final_test_accuracy": final,
+                "reached": {target: {"epoch": epoch, "train_seconds": s}
+                            for target, (epoch, s) in zip(("98.76%", "99.00%"), reached)}}
+    report = {"runs": [run(1, (3, 14.0), (5, 24.0)), run(2, (4, 19.0))],
+              "median_seconds_to_accuracy": {"98.76%": 16.5, "99.00%": None},
+              "torch_tuned": [{"batch_size": 128, "learning_rate": 0.005,
+                               "runs": [run(1, (4, 18.0), (6, 26.0)), run(2, (4, 17.0), (6, 27.0))],
+                               "median_seconds_to_accuracy": {"98.76%": 17.5, "99.00%": 26.5}}]}
+    lines = benchmark.seed_table(report).splitlines()
+    assert lines[0].split() == ["seed", "engine", "98.76%", "reached", "99.00%", "reached", "final"]
+    assert lines[1].split()[:8] == ["1", "rnn_mnist", "epoch", "3,", "14.0", "s", "epoch", "5,"]
+    assert lines[2].startswith("1") and "PyTorch, batch 128, 0.005" in lines[2] and "epoch 6, 26.0 s" in lines[2]
+    assert "not reached" in lines[3] and lines[3].startswith("2")  # seed 2 never reached 99%
+    assert lines[5].startswith("median") and "16.5 s" in lines[5] and "not reached" in lines[5]
+    assert "17.5 s (rnn_mnist 0.94x)" in lines[6] and "26.5 s" in lines[6]
