@@ -6,8 +6,9 @@ Starts `serve` (of `--script`, this repo's by default) as a process of its own o
 port of 127.0.0.1, then:
 - for each of `--clients` (1, 16, 128): that many clients, each on its own connection,
   POST a test digit to /api/read at the same moment, `--rounds` times: requests/s, the
-  median and 95th percentile of the latency, and how many were not answered with 200 and
-  the digit that one request alone gets;
+  median and 95th percentile of the latency, how many were not answered with 200 and
+  the digit that one request alone gets, and the server's CPU time a request (read from
+  Linux's /proc: the server is killed at the end, so timing the benchmark leaves it out);
 - opens `--idle` connections that send nothing, and then: the server's threads, whether
   a well-behaved request is still answered meanwhile and in how long, and how many of the
   idle connections the server has closed after `--wait` seconds.
@@ -74,8 +75,19 @@ def at_once(address, bodies):
     return results, time.perf_counter() - started
 
 
-def load(address, pictures, expected, clients, rounds):
+def cpu_seconds(pid):
+    """The CPU time process `pid` has used, all its threads (None without Linux's /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def load(address, pid, pictures, expected, clients, rounds):
     latencies, failed, answered, seconds = [], 0, 0, 0.0
+    cpu_before = cpu_seconds(pid)
     for round_ in range(rounds):
         chosen = [(round_ * clients + i) % len(pictures) for i in range(clients)]
         results, took = at_once(address, [pictures[i] for i in chosen])
@@ -86,11 +98,14 @@ def load(address, pictures, expected, clients, rounds):
                 answered += 1
             else:
                 failed += 1
+    cpu_after = cpu_seconds(pid)
     latencies.sort()
     return {"clients": clients, "requests": len(latencies), "answered_right": answered,
             "failed": failed, "requests_per_second": round(len(latencies) / seconds, 1),
             "p50_ms": round(1000 * statistics.median(latencies), 1),
-            "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)}
+            "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1),
+            "server_cpu_ms_per_request": None if cpu_before is None else
+            round(1000 * (cpu_after - cpu_before) / len(latencies), 2)}
 
 
 def threads_of(pid):
@@ -140,8 +155,8 @@ def main(argv=None):
     process, address = start_server(args.script, args.model)
     try:
         expected = [post(address, body)[1] for body in pictures]  # each alone, one at a time
-        report = {"script": args.script, "load": [load(address, pictures, expected, n, args.rounds)
-                                                  for n in args.clients]}
+        report = {"script": args.script, "load": [load(address, process.pid, pictures, expected, n,
+                                                       args.rounds) for n in args.clients]}
         report["idle"] = idle(address, process.pid, args.idle, pictures[0], args.wait)
     finally:
         process.kill()

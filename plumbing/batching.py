@@ -1,7 +1,7 @@
 """Reads that arrive together, run as one call of the model: server-side batching, as
 TensorFlow Serving does it (a bounded queue, a bounded batch, a short wait for the batch to
 fill), for the page's API. Each request's thread hands its picture in and waits for its own
-answer; one thread runs the batches.
+answer; one thread runs the batches, the pictures' preparation included.
 
 Written here rather than taken from a library: TensorFlow Serving's batcher is C++ inside its
 model server, and Python's thread pools run each call on its own, which is the one-picture-
@@ -37,8 +37,8 @@ class Ticket:
 class Waiting:
     """One picture in the queue, and its answer (or error) once its batch has run."""
 
-    def __init__(self, image, gone):
-        self.image, self.gone, self.answer, self.error = image, gone, None, None
+    def __init__(self, picture, gone):
+        self.picture, self.gone, self.answer, self.error = picture, gone, None, None
         self.since = time.monotonic()
         self.done = threading.Event()
 
@@ -48,12 +48,13 @@ class Waiting:
 
 
 class Batcher:
-    """`read(image)` -> that image's answer, from `read_batch([N images]) -> N answers` run on
-    whatever is queued together, at most `most` at a time.
+    """`read(picture)` -> that picture's answer, from `read_batch([N pictures]) -> N answers`
+    run on whatever is queued together, at most `most` at a time. An answer that is an
+    exception is that picture's error: raised to its request alone.
 
     A batch starts as soon as the model is free. It waits (at most `wait_ms`) only while other
-    requests are on their way in (inside `request()`, their pictures being decoded), so a lone
-    read is answered as soon as it would be without batching, and a crowd is read in few calls.
+    requests are on their way in (inside `request()`, not yet queued), so a lone read is
+    answered as soon as it would be without batching, and a crowd is read in few calls.
     """
 
     def __init__(self, read_batch, most=MAX_BATCH, wait_ms=BATCH_WAIT_MS, queue_most=MAX_QUEUE):
@@ -67,7 +68,7 @@ class Batcher:
     @contextlib.contextmanager
     def request(self):
         """Around one request of the API, from when its body has come until its answer is
-        sent: while its picture is decoded it counts as on its way in, and `close` waits for it."""
+        sent: until its picture is queued it counts as on its way in, and `close` waits for it."""
         ticket = Ticket()
         with self.changed:
             self.incoming += 1
@@ -80,11 +81,11 @@ class Batcher:
                 self.in_flight -= 1
                 self.changed.notify_all()
 
-    def read(self, image, ticket, gone=lambda: False):
-        """The answer for `image` (of the request `ticket`), read in a batch; None if `gone()`
+    def read(self, picture, ticket, gone=lambda: False):
+        """The answer for `picture` (of the request `ticket`), read in a batch; None if `gone()`
         became true while it waited (its client left: it is taken out of the queue unread).
-        Raises Full, Closing, or what the batch raised."""
-        waiting = Waiting(image, gone)
+        Raises Full, Closing, the picture's own error, or what the batch raised."""
+        waiting = Waiting(picture, gone)
         with self.changed:
             self.incoming -= ticket.coming
             ticket.coming = False
@@ -137,13 +138,14 @@ class Batcher:
             if not batch:  # its requests' clients all left while it waited
                 continue
             try:
-                answers = self.read_batch([waiting.image for waiting in batch])
+                answers = self.read_batch([waiting.picture for waiting in batch])
             except Exception as e:  # each request of the batch answers with the error
-                for waiting in batch:
-                    waiting.settle(error=e)
-                continue
+                answers = [e] * len(batch)
             for waiting, answer in zip(batch, answers):
-                waiting.settle(answer)
+                if isinstance(answer, Exception):
+                    waiting.settle(error=answer)
+                else:
+                    waiting.settle(answer)
 
     def close(self, seconds=5.0):
         """Stop: the queued pictures are refused (Closing), the batch being read is finished, and

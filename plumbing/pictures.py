@@ -27,10 +27,10 @@ def to_mnist_form(pixels):
         alpha = image[..., -1:] / MAX_PIXEL
         image = image[..., :-1] * alpha + MAX_PIXEL * (1 - alpha)
     gray = image @ np.array([0.299, 0.587, 0.114], np.float32) if image.shape[-1] == 3 else image[..., 0]
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > MAX_PIXEL / 2:
-        gray, border = MAX_PIXEL - gray, MAX_PIXEL - border
-    gray = np.clip(gray - np.median(border), 0, None)  # the paper becomes 0
+    paper = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))  # the border's
+    if paper > MAX_PIXEL / 2:
+        gray, paper = MAX_PIXEL - gray, MAX_PIXEL - paper
+    gray = np.maximum(gray - paper, 0)  # the paper becomes 0
     if gray.max() <= 0:
         return None
     gray *= MAX_PIXEL / gray.max()
@@ -39,15 +39,14 @@ def to_mnist_form(pixels):
     digit = gray[ink_rows[0]:ink_rows[-1] + 1, ink_cols[0]:ink_cols[-1] + 1]
     scale = DIGIT_BOX / max(digit.shape)
     size = [max(1, round(side * scale)) for side in digit.shape]
-    digit = resized(digit, size)
-    digit = np.clip(digit, 0, MAX_PIXEL)
+    digit = np.clip(resized(digit, size), 0, MAX_PIXEL)
+    height, width = digit.shape
+    mass = digit.sum()  # the centre of mass: the ink's mean row and column
+    centre = (digit.sum(axis=1) @ np.arange(height) / mass, digit.sum(axis=0) @ np.arange(width) / mass)
+    top = min(max(round((TIMESTEPS - 1) / 2 - centre[0]), 0), TIMESTEPS - height)  # plain min and max:
+    left = min(max(round((FEATURES - 1) / 2 - centre[1]), 0), FEATURES - width)  # np.clip's call costs more
     frame = np.zeros((TIMESTEPS, FEATURES), np.float32)
-    rows, cols = np.indices(digit.shape)
-    mass = digit.sum()
-    centre = ((rows * digit).sum() / mass, (cols * digit).sum() / mass)
-    top = int(np.clip(round((TIMESTEPS - 1) / 2 - centre[0]), 0, TIMESTEPS - digit.shape[0]))
-    left = int(np.clip(round((FEATURES - 1) / 2 - centre[1]), 0, FEATURES - digit.shape[1]))
-    frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    frame[top:top + height, left:left + width] = digit
     return np.round(frame).astype(np.uint8)
 
 

@@ -7,6 +7,7 @@ burst, a deadline for each request to arrive, and a cap on the connections (so o
 the threads) that are open at once.
 """
 
+import collections
 import contextlib
 import http.server
 import os
@@ -43,11 +44,13 @@ BACKLOG = 1024  # connections the kernel holds until they are accepted (the stan
 REQUEST_SECONDS = 30  # for a request to arrive whole, or for the next one on a kept-alive connection
 MAX_CONNECTIONS = 64  # open at once, a thread each; past it, the longest-waiting one is closed
 EVICTABLE_SECONDS = 0.2  # an idle connection waiting this long may be closed for a new one
+IDLE_THREAD_SECONDS = 2.0  # a thread with no connection to serve ends after this long
 
 
 class Reader:
     """One model reading pictures for the page and its API: the pictures that arrive together
-    read in one call of the model (batching.Batcher, with `batching`'s sizes)."""
+    decoded, brought to MNIST's form and read in one call of the model, all in the batch's one
+    thread (batching.Batcher, with `batching`'s sizes)."""
 
     def __init__(self, model, path, batching=()):
         self.model = model
@@ -64,26 +67,44 @@ class Reader:
         # the first drawing is answered as fast as the others
         self.batcher = Batcher(self.read_batch, *batching)
 
-    def read_batch(self, images):
-        """The images of requests that came together, read in one call: how the network read each."""
-        return read_each(self.model, np.stack(images))
+    def read_batch(self, pictures):
+        """The bytes of pictures that came together -> for each, what the page shows of it, or
+        the error that refuses it (a UsageError for a picture that is no digit to read).
+
+        The pictures are prepared here, one after another in the batch's thread, rather than
+        each in its request's own: there, with 128 threads contending for Python's lock, the
+        same work cost 1.7 ms of CPU a picture against 0.45 ms in one thread (docs/serve.md,
+        "Many readers at once")."""
+        seen = [prepared(picture) for picture in pictures]
+        images = [image for image in seen if not isinstance(image, Exception)]
+        readings = iter(read_each(self.model, np.stack(images)) if images else ())
+        return [image if isinstance(image, Exception) else shown(image, next(readings)) for image in seen]
 
     def answer(self, data, ticket=None, gone=lambda: False):
         """The bytes of a picture -> what the page shows (see docs/serve.md, "The API"); None
         when `gone()` (its client left while it waited). `ticket`: of the request it answers."""
         if not data:
             raise UsageError("the body is empty; send the bytes of a PNG, JPEG, BMP or GIF picture")
-        seen = to_mnist_form(decode_picture(data, "the picture"))  # in the request's thread
-        if seen is None:
-            raise UsageError("the picture is blank: no digit to read")
         with contextlib.nullcontext(ticket) if ticket else self.batcher.request() as ticket:
-            reading = self.batcher.read(seen, ticket, gone)
-        if reading is None:
-            return None
-        return {"digit": reading["digit"], "probabilities": rounded(reading["probabilities"]),
-                "readout": rounded(reading["readout"]), "steps": reading["steps"],
-                "seen": seen, "state": {name: rounded(values) for name, values in reading["state"].items()},
-                "units": reading["units"], "unit_digits": reading["unit_digits"]}
+            return self.batcher.read(data, ticket, gone)
+
+
+def prepared(data):
+    """A picture's bytes -> the 28x28 image the model reads, or the error that refuses them
+    (returned, not raised: the other pictures of its batch are read all the same)."""
+    try:
+        seen = to_mnist_form(decode_picture(data, "the picture"))
+    except Exception as e:  # a UsageError (400), or what went wrong reading it (500)
+        return e
+    return seen if seen is not None else UsageError("the picture is blank: no digit to read")
+
+
+def shown(seen, reading):
+    """What the page shows of a picture: the image the model read, and how it read it."""
+    return {"digit": reading["digit"], "probabilities": rounded(reading["probabilities"]),
+            "readout": rounded(reading["readout"]), "steps": reading["steps"],
+            "seen": seen, "state": {name: rounded(values) for name, values in reading["state"].items()},
+            "units": reading["units"], "unit_digits": reading["unit_digits"]}
 
 
 def rounded(values, digits=4):
@@ -298,13 +319,51 @@ class Connections:
         self.since.pop(connection, None)
 
 
+class ConnectionThreads:
+    """The threads that serve the connections, each kept for the next connection for
+    `idle_seconds` after its last one ends, rather than a thread started for each connection
+    and ended with it (ThreadingHTTPServer's way). Starting a thread makes the accepting thread
+    wait for the new one to take Python's lock: at 128 clients, each on a connection of its
+    own, the server spent a fifth more CPU a read (bench/README.md, "The page's server under
+    load"). The standard library's ThreadPoolExecutor is not used: its threads are never
+    daemons, so an interpreter that exits waits for every one still blocked on a client."""
+
+    def __init__(self, serve, most, name, idle_seconds=IDLE_THREAD_SECONDS):
+        self.serve, self.most, self.name, self.idle_seconds = serve, most, name, idle_seconds
+        self.waiting = collections.deque()  # connections not yet taken by a thread
+        self.count, self.idle = 0, 0  # threads, and those of them free
+        self.changed = threading.Condition()
+
+    def hand(self, *connection):
+        """Serve `connection` on a free thread, or on a new one when none is free. With `most`
+        threads, all busy, one of them is finishing a connection that was closed (no more than
+        `most` are open): it takes this one next."""
+        with self.changed:
+            if self.idle > len(self.waiting) or self.count >= self.most:
+                self.waiting.append(connection)
+                self.changed.notify()
+                return
+            self.count += 1
+        threading.Thread(target=self.run, args=(connection,), name=self.name, daemon=True).start()
+
+    def run(self, connection):
+        while connection is not None:
+            self.serve(*connection)
+            with self.changed:
+                if not self.waiting:
+                    self.idle += 1
+                    self.changed.wait(self.idle_seconds)
+                    self.idle -= 1
+                connection = self.waiting.popleft() if self.waiting else None
+                self.count -= connection is None  # the thread ends
+
+
 class PageServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
     request_queue_size = BACKLOG
 
     def process_request(self, request, client_address):  # in the accepting thread
         self.connections.opened(request)
-        super().process_request(request, client_address)
+        self.threads.hand(request, client_address)
 
     def shutdown_request(self, request):  # in the connection's thread, when it ends
         self.connections.closed(request)
@@ -328,7 +387,15 @@ def page_server(reader, host="127.0.0.1", port=8000, verbose=False, request_seco
         raise listen_refused(host, port, e) from None
     server.reader, server.verbose = reader, verbose
     server.connections = Connections(request_seconds, most)
+    server.threads = ConnectionThreads(server.process_request_thread, most,  # the standard library's
+                                       connection_thread(server))  # way to serve a connection, and end it
     return server
+
+
+def connection_thread(server):
+    """The name of the threads that serve `server`'s connections."""
+    host, port = server.server_address[:2]
+    return f"serving a connection to {host}:{port}"
 
 
 PRIVILEGED_PORTS = 1024  # below it, a port needs root's rights on Linux and macOS

@@ -163,6 +163,53 @@ def test_pictures_that_arrive_together_are_read_in_few_calls_each_getting_its_ow
     batcher.close()
 
 
+def test_a_picture_that_cannot_be_read_is_refused_alone_and_its_batch_is_read(trained):
+    model, path = using.load_trained_model(trained["model"])
+    reader = server.Reader(model, path)
+    good = [png_bytes(drawn_digit()), png_bytes(np.roll(drawn_digit(), 4, axis=1))]
+    alone = [reader.read_batch([body])[0] for body in good]
+    answers = reader.read_batch([good[0], b"GIF89a but not really", png_bytes(np.full((9, 9, 1), 255, np.uint8)),
+                                 good[1]])
+    assert [type(a).__name__ for a in answers] == ["dict", "UsageError", "UsageError", "dict"]
+    assert "not a PNG, JPEG, BMP or GIF" in str(answers[1]) and "blank" in str(answers[2])
+    for answer, lone in zip([answers[0], answers[3]], alone):
+        assert answer["digit"] == lone["digit"]
+        np.testing.assert_allclose(answer["probabilities"], lone["probabilities"], atol=1e-4)
+    reader.batcher.close()
+
+
+def test_an_error_answered_for_one_picture_is_raised_to_its_request_alone():
+    batcher = batching.Batcher(lambda pictures: [ValueError(p) if p < 0 else 2 * p for p in pictures])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: in_request(batcher, n), [1, -1, 3, -4]))
+    assert results[0] == 2 and results[2] == 6
+    assert [type(results[i]).__name__ for i in (1, 3)] == ["ValueError", "ValueError"]
+    batcher.close()
+
+
+def in_request(batcher, picture):
+    """What a request of `picture` gets: its answer, or the error raised to it."""
+    with batcher.request() as ticket:
+        try:
+            return batcher.read(picture, ticket)
+        except Exception as e:
+            return e
+
+
+def test_connections_one_after_another_are_served_by_a_thread_kept_for_the_next(trained):
+    page, address = serve_in_thread(trained["model"])
+    served_by = set()
+    for _ in range(5):
+        assert request(address, "GET", "/api/model")[0] == 200  # a new connection each
+        served_by |= {t.ident for t in threading.enumerate() if t.name == server.connection_thread(page)}
+        ended = time.monotonic() + 5
+        while page.threads.idle < 1 and time.monotonic() < ended:  # until it has seen the client close
+            time.sleep(0.01)
+    assert len(served_by) == 1
+    page.shutdown()
+    page.server_close()
+
+
 def test_a_lone_picture_does_not_wait_for_a_batch_to_fill():
     batcher = batching.Batcher(lambda images: list(images), most=64, wait_ms=10_000)
     started = time.monotonic()

@@ -40,9 +40,9 @@ def post(address, body):
         connection.close()
 
 
-def server_threads():
-    """The threads that serve a connection each (ThreadingHTTPServer names them so)."""
-    return sum("process_request_thread" in thread.name for thread in threading.enumerate())
+def server_threads(page):
+    """The threads that serve `page`'s connections (busy, or kept a moment for the next one)."""
+    return sum(thread.name == server.connection_thread(page) for thread in threading.enumerate())
 
 
 def test_128_clients_at_once_are_all_answered_with_the_digit(hardened):
@@ -88,7 +88,7 @@ def test_idle_and_slow_clients_are_closed_in_time_and_hold_few_threads(hardened)
     slow.sendall(b"POST /api/read HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
     try:
         time.sleep(0.5)
-        assert server_threads() <= MOST  # a thread for each open connection, at most MOST
+        assert server_threads(page) <= MOST  # a thread for each open connection, at most MOST
         status, answer = post(address, png_bytes(drawn_digit()))  # answered all the while
         assert status == 200 and 0 <= answer["digit"] <= 9
         stop = time.monotonic() + REQUEST_SECONDS + 1
@@ -101,9 +101,9 @@ def test_idle_and_slow_clients_are_closed_in_time_and_hold_few_threads(hardened)
         for s in [half, slow] + idle[-MOST:]:  # the newest were not closed to make room
             assert closed_by_server(s, within=REQUEST_SECONDS + 2)
         ended = time.monotonic() + 5
-        while server_threads() and time.monotonic() < ended:  # each thread ends with its connection
+        while server_threads(page) and time.monotonic() < ended:  # each thread ends soon after its last connection
             time.sleep(0.05)
-        assert server_threads() == 0
+        assert server_threads(page) == 0
     finally:
         for s in idle + [half, slow]:
             s.close()
