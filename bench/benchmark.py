@@ -1,7 +1,7 @@
 """rnn_mnist's speed, measured: time to a trained model, training throughput, memory, prediction.
 
     python bench/benchmark.py --data ../shared/data/mnist.npz --seeds 1 2 3 \
-        --torch-python ../torch-venv/bin/python --torch-batch 64:0.0035 256:0.007
+        --torch-python ../torch-venv/bin/python --torch-batch 128:0.005
     python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only
     python bench/benchmark.py --data ../shared/data/mnist.npz --throughput-only --distribute none
 

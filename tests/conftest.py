@@ -142,7 +142,7 @@ def real_model(tmp_path_factory):
     import rnn_mnist
     runs = tmp_path_factory.mktemp("real")
     rnn_mnist.main(["--data", REAL_MNIST, "--max-train-samples", "20000", "--validation-size", "2000",
-                    "--epochs", "3", "--units", "64", "--learning-rate", "5e-3",
+                    "--epochs", "3", "--units", "64", "--batch-size", "128", "--learning-rate", "5e-3",
                     "--logdir", str(runs), "--run-name", "real", "--quiet"])
     return str(runs / "real" / "model.keras")
 

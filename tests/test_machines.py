@@ -72,9 +72,9 @@ def settings_of(*flags):
 
 
 @pytest.mark.parametrize("count, replicas, threads, at_once", [
-    (1, 1, 1, 1), (2, 2, 1, 2), (8, 4, 1, 4), (64, 4, 1, 4)])
+    (1, 1, 1, 1), (2, 2, 1, 2), (8, 8, 1, 8), (64, 8, 1, 8)])
 def test_a_run_is_placed_to_fit_the_cores(monkeypatch, tmp_path, count, replicas, threads, at_once):
-    """A replica per core, none with fewer than 32 of the 128 images of a batch, one thread in
+    """A replica per core, none with fewer than 32 of the 256 images of a batch, one thread in
     each operation (two gained nothing, measured), an operation of each replica at once."""
     fake_machine(monkeypatch, count)
     where = distribute.placement(settings_of(), distribute.ALONE, False, 0,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.full  # the full tier: python -m pytest tests --full
 def test_a_short_run_on_real_digits_learns_them(tmp_path, real_mnist):
     metrics = rnn_mnist.main(["--data", real_mnist, "--max-train-samples", "6000",
                               "--validation-size", "1000", "--epochs", "3", "--units", "64",
-                              "--learning-rate", "5e-3", "--logdir", str(tmp_path),
+                              "--batch-size", "128", "--learning-rate", "5e-3", "--logdir", str(tmp_path),
                               "--run-name", "slice", "--quiet"])
     # 5,000 training images, three epochs: far from 99% (80% when written), far above chance
     assert metrics["test_images"] == 10_000

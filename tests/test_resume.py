@@ -183,7 +183,7 @@ def test_resume_without_a_run(tmp_path, capsys):
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_npz, capsys):
-    rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--logdir", str(tmp_path),
+    rnn_mnist.main(["--data", tiny_npz, "--epochs", "1", "--batch-size", "128", "--logdir", str(tmp_path),
                     "--run-name", "r", *SMALL])
     config_path = tmp_path / "r" / "config.json"
     config = json.loads(config_path.read_text())
