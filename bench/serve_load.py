@@ -9,6 +9,8 @@ port of 127.0.0.1, then:
   median and 95th percentile of the latency, how many were not answered with 200 and
   the digit that one request alone gets, and the server's CPU time a request (read from
   Linux's /proc: the server is killed at the end, so timing the benchmark leaves it out);
+- with `--large K`, all the while, K more clients post a 4,096x4,096 picture of a digit
+  again and again (the largest the server reads), and the report says how many were read;
 - opens `--idle` connections that send nothing, and then: the server's threads, whether
   a well-behaved request is still answered meanwhile and in how long, and how many of the
   idle connections the server has closed after `--wait` seconds.
@@ -17,7 +19,9 @@ Prints one JSON object.
 """
 
 import argparse
+import contextlib
 import http.client
+import io
 import json
 import os
 import re
@@ -27,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import numpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
@@ -108,6 +114,35 @@ def load(address, pid, pictures, expected, clients, rounds):
             round(1000 * (cpu_after - cpu_before) / len(latencies), 2)}
 
 
+def large_picture(data):
+    """The first test digit as a PNG of 4,096x4,096 pixels, RGB, dark on light."""
+    from PIL import Image  # tests/requirements.txt
+    with numpy.load(data) as npz:
+        digit = npz["x_test"][0]
+    buffer = io.BytesIO()
+    Image.fromarray(255 - digit).resize((4096, 4096), Image.BILINEAR).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def posting_again_and_again(address, body, clients):
+    """`clients` threads that post `body` until the block ends; yields the count of answers."""
+    stop, answered = threading.Event(), [0]
+
+    def client():
+        while not stop.is_set():
+            answered[0] += post(address, body)[0] == 200
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 def threads_of(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"^Threads:\s+(\d+)", f.read(), re.M).group(1))
@@ -150,13 +185,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4, help="bursts of each size")
     parser.add_argument("--idle", type=int, default=300, help="idle connections to open")
     parser.add_argument("--wait", type=int, default=70, help="seconds to wait for them to be closed")
+    parser.add_argument("--large", type=int, default=0,
+                        help="clients posting a 4,096x4,096 picture again and again meanwhile")
     args = parser.parse_args(argv)
     pictures = drawn_pictures(args.data, 128)
     process, address = start_server(args.script, args.model)
     try:
         expected = [post(address, body)[1] for body in pictures]  # each alone, one at a time
-        report = {"script": args.script, "load": [load(address, process.pid, pictures, expected, n,
-                                                       args.rounds) for n in args.clients]}
+        report = {"script": args.script, "large_clients": args.large}
+        large = large_picture(args.data) if args.large else b""
+        with posting_again_and_again(address, large, args.large) as large_answered:
+            report["load"] = [load(address, process.pid, pictures, expected, n, args.rounds)
+                              for n in args.clients]
+        report["large_answered"] = large_answered[0]
         report["idle"] = idle(address, process.pid, args.idle, pictures[0], args.wait)
     finally:
         process.kill()

@@ -117,10 +117,12 @@ def decode_picture(data, name):
 
 
 def declared_size(data):
-    """(height, width) that a PNG or JPEG header declares, (0, 0) for other pictures.
+    """(height, width) that a picture's header declares: PNG, JPEG, GIF (its screen) or BMP;
+    (0, 0) where there is none to read.
 
-    Read before decoding, because a PNG of a few kilobytes can unpack into gigabytes;
-    a PNG header counts only if its checksum holds, so noise is not taken for a size.
+    Read before decoding, because a PNG of a few kilobytes can unpack into gigabytes. A header
+    counts only if it holds together (a PNG's checksum, the block a GIF's screen is followed by,
+    a BMP's one plane), so noise after a signature is not taken for a size.
     """
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 33 and data[12:16] == b"IHDR" \
             and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):
@@ -128,7 +130,34 @@ def declared_size(data):
     if data[:2] == b"\xff\xd8":
         height, width, _ = tf.image.extract_jpeg_shape(data).numpy()
         return int(height), int(width)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return gif_size(data)
+    if data[:2] == b"BM":
+        return bmp_size(data)
     return 0, 0
+
+
+def gif_size(data):
+    """A GIF's screen, if its descriptor (and colour table) is followed by an extension or an
+    image, as every GIF's is."""
+    if len(data) < 13:
+        return 0, 0
+    table = 3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0  # the global colour table's bytes
+    if len(data) <= 13 + table or data[13 + table] not in (0x21, 0x2C):
+        return 0, 0
+    return int.from_bytes(data[8:10], "little"), int.from_bytes(data[6:8], "little")
+
+
+def bmp_size(data):
+    """A BMP's size, from its BITMAPCOREHEADER (12 bytes, sizes of 16 bits) or a later header
+    (sizes of 32 bits, the height negative for rows top down), if it says one plane."""
+    small = int.from_bytes(data[14:18], "little") == 12
+    width, height, planes = (18, 20, 22) if small else (18, 22, 26)  # where each field starts
+    if len(data) < planes + 2 or int.from_bytes(data[planes:planes + 2], "little") != 1:
+        return 0, 0
+    field = 2 if small else 4
+    return (abs(int.from_bytes(data[height:height + field], "little", signed=not small)),
+            abs(int.from_bytes(data[width:width + field], "little", signed=not small)))
 
 
 def write_png(path, image):

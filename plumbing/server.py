@@ -25,7 +25,7 @@ import orjson
 from .errors import STOP_SIGNALS, Fault, UsageError
 from .graphs import configure_for_predicting
 from .lazy_tensorflow import quiet_tensorflow
-from .pictures import decode_picture, to_mnist_form
+from .pictures import declared_size, decode_picture, to_mnist_form
 from .orders import order_name, reading_of, reading_words
 from .batching import Batcher, Closing, Full
 from .reading import how_it_reads, read_each, recurrent_layers, voting_units
@@ -45,6 +45,8 @@ REQUEST_SECONDS = 30  # for a request to arrive whole, or for the next one on a 
 MAX_CONNECTIONS = 64  # open at once, a thread each; past it, the longest-waiting one is closed
 EVICTABLE_SECONDS = 0.2  # an idle connection waiting this long may be closed for a new one
 IDLE_THREAD_SECONDS = 2.0  # a thread with no connection to serve ends after this long
+BATCH_PREPARES = 320 * 320  # pixels at most of a picture prepared in the batch's thread (the
+# page's drawing is 280x280); a larger one is prepared in its request's own (Reader.answer)
 
 
 class Reader:
@@ -86,14 +88,35 @@ class Reader:
         if not data:
             raise UsageError("the body is empty; send the bytes of a PNG, JPEG, BMP or GIF picture")
         with contextlib.nullcontext(ticket) if ticket else self.batcher.request() as ticket:
-            return self.batcher.read(data, ticket, gone)
+            return self.batcher.read(for_the_batch(data), ticket, gone)
 
 
-def prepared(data):
-    """A picture's bytes -> the 28x28 image the model reads, or the error that refuses them
-    (returned, not raised: the other pictures of its batch are read all the same)."""
+def for_the_batch(data):
+    """A picture's bytes as the batch takes them: the bytes themselves, or, for a picture of more
+    than BATCH_PREPARES pixels, the 28x28 image prepared here, in its request's own thread
+    (raising its error): in the batch's thread one picture of 4,096x4,096 would hold up every
+    other for 0.3 s, and two clients sending such pictures cut the others' reads a second from
+    475 to 51 (docs/serve.md, "Many readers at once")."""
     try:
-        seen = to_mnist_form(decode_picture(data, "the picture"))
+        height, width = declared_size(data)
+    except Exception:  # no size to read: the batch's decoding says what is wrong
+        return data
+    if height * width <= BATCH_PREPARES:
+        return data
+    seen = prepared(data)
+    if isinstance(seen, Exception):
+        raise seen
+    return seen
+
+
+def prepared(picture):
+    """A picture's bytes -> the 28x28 image the model reads, or the error that refuses them
+    (returned, not raised: the other pictures of its batch are read all the same); an image
+    already prepared (for_the_batch) as it is."""
+    if isinstance(picture, np.ndarray):
+        return picture
+    try:
+        seen = to_mnist_form(decode_picture(picture, "the picture"))
     except Exception as e:  # a UsageError (400), or what went wrong reading it (500)
         return e
     return seen if seen is not None else UsageError("the picture is blank: no digit to read")

@@ -16,6 +16,7 @@ import pytest
 
 import rnn_mnist
 from plumbing import batching, mnist_files, pictures, reading, server, using
+from plumbing.errors import UsageError
 from conftest import REPO, as_command, drawn_digit
 
 
@@ -85,11 +86,17 @@ BAD_BODIES = [
     ("blank", 400, "the picture is blank: no digit to read"),
     ("huge", 413, "more than the 4,194,304 a picture may have; send a smaller one"),
     ("bomb", 400, "the picture is 20000x20000 pixels, larger than the 4096x4096 this tool reads"),
+    (b"GIF89a\x20\x4e\x20\x4e\0\0\0\x2c" + b"\0" * 100, 400,  # a GIF's screen of 20,000 x 20,000
+     "the picture is 20000x20000 pixels, larger than the 4096x4096 this tool reads"),
+    (b"BM" + b"\0" * 12 + (40).to_bytes(4, "little") + (20000).to_bytes(4, "little")  # a BMP's,
+     + (-20000).to_bytes(4, "little", signed=True) + (1).to_bytes(2, "little") + b"\0" * 100, 400,  # top down
+     "the picture is 20000x20000 pixels, larger than the 4096x4096 this tool reads"),
 ]
 
 
 @pytest.mark.parametrize("body,status,message", BAD_BODIES, ids=["empty", "not-a-picture", "blank",
-                                                                 "oversized", "too-many-pixels"])
+                                                                 "oversized", "too-many-pixels",
+                                                                 "gif-too-many-pixels", "bmp-too-many-pixels"])
 def test_bad_bodies_get_json_errors_and_the_server_goes_on(page, body, status, message):
     if body == "blank":
         body = png_bytes(np.full((60, 60, 3), 250, np.uint8))
@@ -175,6 +182,22 @@ def test_a_picture_that_cannot_be_read_is_refused_alone_and_its_batch_is_read(tr
     for answer, lone in zip([answers[0], answers[3]], alone):
         assert answer["digit"] == lone["digit"]
         np.testing.assert_allclose(answer["probabilities"], lone["probabilities"], atol=1e-4)
+    reader.batcher.close()
+
+
+def test_a_picture_larger_than_the_pages_is_prepared_in_its_own_requests_thread(trained):
+    model, path = using.load_trained_model(trained["model"])
+    reader = server.Reader(model, path)
+    taken, read_batch = [], reader.batcher.read_batch
+    reader.batcher.read_batch = lambda pictures: taken.extend(pictures) or read_batch(pictures)
+    small = png_bytes(drawn_digit())  # 120x160, smaller than the page's 280x280
+    large = png_bytes(np.kron(drawn_digit(), np.ones((4, 4, 1), np.uint8)))  # 480x640
+    answers = [reader.answer(body) for body in (small, large)]
+    assert taken[0] == small  # the bytes, prepared by the batch
+    assert isinstance(taken[1], np.ndarray) and taken[1].shape == (28, 28)  # prepared before
+    assert answers[0]["digit"] == answers[1]["digit"] and answers[1]["seen"].tolist() == taken[1].tolist()
+    with pytest.raises(UsageError, match="blank"):  # a large picture's error raised to its request
+        reader.answer(png_bytes(np.full((600, 600, 1), 255, np.uint8)))
     reader.batcher.close()
 
 
