@@ -70,8 +70,9 @@ class Reader:
         self.batcher = Batcher(self.read_batch, *batching)
 
     def read_batch(self, pictures):
-        """The bytes of pictures that came together -> for each, what the page shows of it, or
-        the error that refuses it (a UsageError for a picture that is no digit to read).
+        """The pictures that came together (their bytes, or a large one's image, for_the_batch)
+        -> for each, what the page shows of it, or the error that refuses it (a UsageError for a
+        picture that is no digit to read).
 
         The pictures are prepared here, one after another in the batch's thread, rather than
         each in its request's own: there, with 128 threads contending for Python's lock, the
@@ -95,8 +96,8 @@ def for_the_batch(data):
     """A picture's bytes as the batch takes them: the bytes themselves, or, for a picture of more
     than BATCH_PREPARES pixels, the 28x28 image prepared here, in its request's own thread
     (raising its error): in the batch's thread one picture of 4,096x4,096 would hold up every
-    other for 0.3 s, and two clients sending such pictures cut the others' reads a second from
-    475 to 51 (docs/serve.md, "Many readers at once")."""
+    other for 0.3 s, and two clients sending such pictures cut 32 others' reads from 172.5 to
+    47.8 a second (docs/serve.md, "Many readers at once")."""
     try:
         height, width = declared_size(data)
     except Exception:  # no size to read: the batch's decoding says what is wrong
