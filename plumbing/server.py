@@ -46,7 +46,7 @@ MAX_CONNECTIONS = 64  # open at once, a thread each; past it, the longest-waitin
 EVICTABLE_SECONDS = 0.2  # an idle connection waiting this long may be closed for a new one
 IDLE_THREAD_SECONDS = 2.0  # a thread with no connection to serve ends after this long
 BATCH_PREPARES = 320 * 320  # pixels at most of a picture prepared in the batch's thread (the
-# page's drawing is 280x280); a larger one is prepared in its request's own (Reader.answer)
+# page's drawing is 280x280); a larger one is prepared in its request's own (for_the_batch)
 
 
 class Reader:
